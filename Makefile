@@ -1,0 +1,39 @@
+# sagan_edu: `make lab` opens the course, `make test` runs every test.
+# Both create .venv and install into it when it is missing or older than the files that define it.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: lab test lint venv chromium clean
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: $(STAMP) chromium
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check sagan_edu tests benchmarks
+
+venv: $(STAMP)
+
+# The stamp is rewritten after a successful install, so a change to pyproject.toml or
+# constraints.txt (or a half-finished install) triggers a fresh one.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	touch $(STAMP)
+
+# The browser test drives Debian's Chromium; Playwright's own browser download cannot work offline.
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  echo "Installing Debian's chromium for the browser test (needs root and apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,18 @@
+"""sagan_edu: a small library and a course, from scaled dot-product attention to SAGAN.
+
+Modules, one concept each:
+
+    attention   scaled dot-product attention, multi-head attention, the SAGAN block
+    models      Generator and Discriminator (DCGAN- and ResNet-style)
+    losses      hinge and non-saturating GAN losses
+    training    TrainConfig, Trainer and train(): the GAN training loop, checkpoints
+    data        datasets: embedded MNIST-5k, torchvision datasets, synthetic long-range data
+    viz         image grids, attention overlays, training curves (matplotlib)
+    cli         the `sagan-edu` command
+"""
+
+from sagan_edu.attention import MultiHeadAttention, SelfAttention2d, scaled_dot_product_attention
+
+__version__ = "0.1.0"
+
+__all__ = ["MultiHeadAttention", "SelfAttention2d", "__version__", "scaled_dot_product_attention"]
