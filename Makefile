@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: lab test lint venv chromium clean
+.PHONY: lab test demo lint venv chromium clean
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
@@ -15,6 +15,11 @@ lab: $(STAMP)
 test: $(STAMP) chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# A short SAGAN training on the embedded MNIST digits (GPU if there is one): samples, attention
+# maps, loss and γ curves land in runs/demo/. About 10 minutes on 2 CPU cores.
+demo: $(STAMP)
+	$(VENV)/bin/sagan-edu train --dataset mnist5k --steps 1500 --log-every 100 --out runs/demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -58,7 +58,9 @@ class SpectralNorm(nn.Module):
             if self.training:
                 self._power_iteration(w, self.n_power_iterations)
             # u and v are constants here: the gradient flows through W alone, as in the paper.
-            sigma = torch.dot(self.u, w @ self.v)
+            # Clones, because the next training-mode forward (say D on a second batch before
+            # backward) updates the buffers in place, and this σ's backward still needs them.
+            sigma = torch.dot(self.u.clone(), w @ self.v.clone())
             return (weight.float() / sigma).to(weight.dtype)
 
 

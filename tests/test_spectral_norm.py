@@ -56,6 +56,13 @@ def test_gradient_flows_to_the_original_weight_only():
     assert names == {"parametrizations.weight.0.u", "parametrizations.weight.0.v"}
 
 
+def test_two_training_forwards_before_backward():
+    layer = spectral_norm(nn.Linear(6, 4))
+    x = torch.randn(3, 6)
+    (layer(x).sum() + layer(x).sum()).backward()  # u, v change between the two forwards
+    assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
+
+
 def test_sigma_is_computed_in_float32_under_autocast():
     torch.manual_seed(2)
     layer = spectral_norm(nn.Linear(32, 32))

@@ -1,0 +1,503 @@
+"""The GAN training loop: plain PyTorch, readable top to bottom.
+
+One iteration (`Trainer.step`):
+
+    for each of n_dis discriminator steps:
+        real = a batch of real images; fake = G(z), detached
+        D sees real and fake in one forward; loss_D = hinge(D(real), D(fake)); update D
+    fake = G(z); loss_G = -mean(D(fake)); update G
+    G_ema ← a moving average of G's weights (the generator we sample from)
+
+The pieces SAGAN relies on, and why:
+
+- TTUR (two time-scale update rule): D learns 4× faster than G (lr 4e-4 vs 1e-4), so D stays a
+  good critic without several D steps per G step. Adam with β₁ = 0: momentum makes the adversarial
+  game oscillate.
+- Hinge loss (sagan_edu.losses) and spectral norm (inside the models) keep D's gradients useful.
+- The EMA generator averages away the last steps' jitter: its samples are cleaner than G's.
+- Mixed precision (AMP) where the device supports it: bf16 on GPUs from Ampere (sm80) on, fp16
+  with a GradScaler on older GPUs, off on CPU. Spectral norm always runs in float32.
+
+Checkpoints hold everything needed to continue exactly (models, optimizers, EMA, scaler, random
+generator states, step, history, config). They are written to a temporary file and renamed, so a
+crash mid-write leaves the previous checkpoint intact, and they load with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sagan_edu.data import load_dataset
+from sagan_edu.losses import get_losses
+from sagan_edu.models import Discriminator, Generator
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "load_checkpoint",
+    "load_generator",
+    "train",
+    "update_ema",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Saved in every checkpoint."""
+
+    # data
+    dataset: str = "mnist5k"
+    data_root: str | None = None
+    img_size: int = 32
+    conditional: bool = False  # condition G and D on the class labels
+    # models
+    arch: str = "dcgan"  # "dcgan" or "resnet"
+    z_dim: int = 128
+    g_channels: int = 32  # base width of G (its widest layer has 8× this)
+    d_channels: int = 32  # base width of D
+    attention_at: tuple[int, ...] = (16,)  # feature-map sizes that get self-attention; () = none
+    # optimisation
+    steps: int = 2000  # total generator steps
+    batch_size: int = 64
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    n_dis: int = 1  # discriminator steps per generator step
+    loss: str = "hinge"  # "hinge" or "nonsaturating"
+    ema_decay: float = 0.999
+    amp: bool = True  # mixed precision where the device supports it (never on CPU)
+    compile: bool = False  # torch.compile G and D (faster on GPU after a slow first step)
+    device: str = "auto"  # "auto" (CUDA if available, else CPU), "cuda", "cpu", "mps"
+    seed: int = 0
+    # bookkeeping
+    out_dir: str = "runs/sagan"
+    log_every: int = 50  # history and callback every this many steps
+    checkpoint_every: int = 500  # also at the end
+    resume: bool = False  # continue from out_dir/checkpoint.pt if it exists
+    progress: bool = True  # show a tqdm progress bar
+
+    def __post_init__(self):
+        self.attention_at = tuple(int(s) for s in self.attention_at)
+        self.betas = tuple(float(b) for b in self.betas)
+        for name in ("steps", "batch_size", "n_dis", "log_every", "checkpoint_every", "z_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+# Settings that may change when a run is resumed; everything else comes from the checkpoint.
+RESUMABLE_OVERRIDES = (
+    "steps", "out_dir", "log_every", "checkpoint_every", "device", "compile", "progress", "resume",
+)  # fmt: skip
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is left on disk."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Holds the models, optimizers and state of one run; `step()` does one iteration.
+
+    Notebooks can call `step()` themselves; `fit()` runs the whole schedule with a progress bar,
+    history, callbacks and checkpoints.
+    """
+
+    def __init__(self, config: TrainConfig, callback: Callable[[Trainer], None] | None = None):
+        checkpoint = None
+        checkpoint_path = Path(config.out_dir) / CHECKPOINT_NAME
+        if config.resume and checkpoint_path.exists():
+            checkpoint = load_checkpoint(checkpoint_path)
+            config = _resumed_config(config, checkpoint["config"])
+        self.config = config
+        self.callback = callback
+        self.checkpoint_path = checkpoint_path
+        self.device = pick_device(config.device)
+        torch.manual_seed(config.seed)  # model initialisation
+
+        self.dataset = load_dataset(config.dataset, root=config.data_root, img_size=config.img_size)
+        self.num_classes = self.dataset.num_classes if config.conditional else None
+        if config.conditional and self.num_classes is None:
+            raise ValueError(
+                f"conditional=True needs class labels, but dataset {config.dataset!r} has none; "
+                "use conditional=False or a labelled dataset such as 'mnist5k'"
+            )
+
+        self.G = Generator(
+            z_dim=config.z_dim, img_size=config.img_size, img_channels=self.dataset.channels,
+            base_channels=config.g_channels, attention_at=config.attention_at,
+            num_classes=self.num_classes, arch=config.arch,
+        ).to(self.device)  # fmt: skip
+        self.D = Discriminator(
+            img_size=config.img_size, img_channels=self.dataset.channels,
+            base_channels=config.d_channels, attention_at=config.attention_at,
+            num_classes=self.num_classes, arch=config.arch,
+        ).to(self.device)  # fmt: skip
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=config.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=config.betas)
+        self.d_loss_fn, self.g_loss_fn = get_losses(config.loss)
+
+        self.amp_dtype = amp_dtype(self.device) if config.amp else None
+        # fp16 has a narrow range: scale the loss so small gradients do not underflow to zero.
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        # Separate random streams for data and noise, so a resumed run draws the same batches.
+        self.data_rng = torch.Generator().manual_seed(config.seed + 1)
+        self.noise_rng = torch.Generator(self.device).manual_seed(config.seed + 2)
+        # torch.compile wraps the modules; state is saved from the unwrapped ones.
+        self.g_forward = torch.compile(self.G) if config.compile else self.G
+        self.d_forward = torch.compile(self.D) if config.compile else self.D
+
+        self.step_count = 0
+        self.history: dict[str, list[float]] = {}
+        self._window: dict[str, float] = {}  # sums since the last history entry
+        self._window_steps = 0
+        if checkpoint is not None:
+            self._load_state(checkpoint)
+
+    # -- one iteration --------------------------------------------------------------------------
+
+    def step(self) -> dict[str, torch.Tensor]:
+        """One iteration: n_dis discriminator steps, then one generator step; returns metrics."""
+        self.G.train()
+        self.D.train()
+        for _ in range(self.config.n_dis):
+            metrics = self._discriminator_step()
+        metrics["loss_g"] = self._generator_step()
+        update_ema(self.G_ema, self.G, self._ema_decay())
+        self.step_count += 1
+        self._accumulate(metrics)
+        return metrics
+
+    def _discriminator_step(self) -> dict[str, torch.Tensor]:
+        real, labels = self._real_batch()  # (B, C, H, W), (B,) or None
+        with torch.no_grad(), self._autocast():
+            fake = self.g_forward(self._noise(len(real)), labels)  # same labels: a fair pair
+        with self._autocast():
+            # Real and fake in one forward: one pass through D instead of two.
+            both = torch.cat([real, fake.to(real.dtype)])
+            both_labels = None if labels is None else torch.cat([labels, labels])
+            logits = self.d_forward(both, both_labels).float()  # (2B,)
+            real_logits, fake_logits = logits.chunk(2)
+            loss_d = self.d_loss_fn(real_logits, fake_logits)
+        self._update(self.opt_d, loss_d)
+        return {
+            "loss_d": loss_d.detach(),
+            "d_real": real_logits.detach().mean(),
+            "d_fake": fake_logits.detach().mean(),
+        }
+
+    def _generator_step(self) -> torch.Tensor:
+        labels = self._random_labels(self.config.batch_size)
+        self.D.requires_grad_(False)  # gradients flow through D to G, but D's own are not needed
+        with self._autocast():
+            fake = self.g_forward(self._noise(self.config.batch_size), labels)
+            loss_g = self.g_loss_fn(self.d_forward(fake, labels).float())
+        self._update(self.opt_g, loss_g)
+        self.D.requires_grad_(True)
+        return loss_g.detach()
+
+    def _update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch drawn uniformly at random (with replacement) from the dataset."""
+        index = torch.randint(len(self.dataset), (self.config.batch_size,), generator=self.data_rng)
+        images, labels = self.dataset.images[index], self.dataset.labels[index]
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True) if self.num_classes else None
+        return images, labels
+
+    def _random_labels(self, n: int) -> torch.Tensor | None:
+        if self.num_classes is None:
+            return None
+        return torch.randint(self.num_classes, (n,), generator=self.noise_rng, device=self.device)
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.config.z_dim, generator=self.noise_rng, device=self.device)
+
+    def _autocast(self):
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        )
+
+    def _ema_decay(self) -> float:
+        # Warm up: early on, G changes fast and a 0.999 average would mostly remember the random
+        # initial weights, so short runs would sample from a worse generator than they trained.
+        return min(self.config.ema_decay, (1 + self.step_count) / (10 + self.step_count))
+
+    # -- the whole schedule ---------------------------------------------------------------------
+
+    def fit(self) -> dict[str, list[float]]:
+        """Train until `config.steps`, logging, calling back and checkpointing. Returns history."""
+        config = self.config
+        bar = tqdm(
+            total=config.steps, initial=self.step_count, disable=not config.progress,
+            desc="training", unit="step", dynamic_ncols=True,
+        )  # fmt: skip
+        while self.step_count < config.steps:
+            self.step()
+            bar.update(1)
+            at_end = self.step_count == config.steps
+            if self.step_count % config.log_every == 0 or at_end:
+                last = self._log()
+                bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
+                if self.callback is not None:
+                    self.callback(self)
+            if self.step_count % config.checkpoint_every == 0 or at_end:
+                self._check_finite(parameters=True)  # never overwrite a good checkpoint with NaNs
+                self.save_checkpoint()
+        bar.close()
+        return self.history
+
+    def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
+        # Summed as tensors: no GPU-to-CPU sync on every step.
+        for name, value in metrics.items():
+            self._window[name] = self._window.get(name, 0.0) + value.float()
+        self._window_steps += 1
+
+    def _log(self) -> dict[str, float]:
+        """Append the window's means and every attention layer's γ to the history."""
+        self._check_finite()
+        entry = {"step": float(self.step_count)}
+        entry |= {name: float(total) / self._window_steps for name, total in self._window.items()}
+        entry |= gammas(self.G, self.D)
+        for name, value in entry.items():
+            self.history.setdefault(name, []).append(value)
+        self._window, self._window_steps = {}, 0
+        return entry
+
+    def _check_finite(self, parameters: bool = False) -> None:
+        values = {name: float(total) for name, total in self._window.items()}
+        if parameters:
+            for tag, model in (("G", self.G), ("D", self.D)):
+                finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+                values[f"a parameter of {tag}"] = 0.0 if finite else math.nan
+        for name, total in values.items():
+            if not math.isfinite(total):
+                where = (
+                    f"The last good checkpoint is {self.checkpoint_path}"
+                    if self.checkpoint_path.exists()
+                    else "No checkpoint was written before this happened"
+                )
+                raise TrainingDiverged(
+                    f"Training diverged: {name} became {total} by step {self.step_count}. "
+                    f"{where}. Try lower learning rates (lr_d, lr_g), amp=False, or another "
+                    "seed, then resume from the checkpoint or start again."
+                )
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """n images (n, C, H, W) in [-1, 1] from the EMA generator, reproducible from `seed`."""
+        return sample_images(self.G_ema, n, seed=seed, labels=labels)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "step": self.step_count,
+            "G_config": self.G.config(),  # enough to rebuild G without the dataset
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {
+                "data": self.data_rng.get_state(),
+                "noise": self.noise_rng.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+            "history": self.history,
+            "window": {name: float(total) for name, total in self._window.items()},
+            "window_steps": self._window_steps,
+        }
+
+    def _load_state(self, state: dict) -> None:
+        self.step_count = state["step"]
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.data_rng.set_state(state["rng"]["data"])
+        self.noise_rng.set_state(state["rng"]["noise"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.history = state["history"]
+        self._window = dict(state["window"])
+        self._window_steps = state["window_steps"]
+
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the full training state atomically; returns the path."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        atomic_save(self.state_dict(), path)
+        return path
+
+
+def train(config: TrainConfig, callback: Callable[[Trainer], None] | None = None) -> Trainer:
+    """Build a Trainer from `config` (resuming if asked), train it to the end, and return it."""
+    trainer = Trainer(config, callback=callback)
+    trainer.fit()
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces the trainer is made of (and notebooks and exercises use on their own)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model for every parameter; buffers are copied as they are.
+
+    Buffers (BatchNorm running statistics, spectral-norm vectors) are statistics of the current
+    weights, not weights to average, so the EMA model takes them from the model directly.
+    """
+    for ema_param, param in zip(ema_model.parameters(), model.parameters(), strict=True):
+        ema_param.lerp_(param, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
+
+
+def gammas(G: Generator, D: Discriminator) -> dict[str, float]:
+    """γ of every attention layer, keyed like 'gamma/G/16x16'."""
+    values = {}
+    for tag, model in (("G", G), ("D", D)):
+        for name, layer in model.attention_layers().items():
+            values[f"gamma/{tag}/{name}"] = layer.gamma.item()
+    return values
+
+
+@torch.no_grad()
+def sample_images(
+    generator: Generator, n: int, seed: int = 0, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """n images (n, C, H, W) in [-1, 1] from `generator` in eval mode, reproducible from seed.
+
+    For a class-conditional generator without `labels`, the classes cycle 0, 1, 2, ...
+    """
+    device = next(generator.parameters()).device
+    noise_rng = torch.Generator(device).manual_seed(seed)
+    z = torch.randn(n, generator.z_dim, generator=noise_rng, device=device)
+    if generator.num_classes is not None and labels is None:
+        labels = torch.arange(n, device=device) % generator.num_classes
+    was_training = generator.training
+    generator.eval()
+    images = generator(z, None if labels is None else labels.to(device))
+    generator.train(was_training)
+    return images.float()
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' means CUDA when a GPU is visible, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device='cuda' was asked for but PyTorch sees no GPU; use device='auto' or 'cpu' "
+            "(on Colab: Runtime > Change runtime type > GPU)"
+        )
+    return device
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for a device: bf16 on sm80+, fp16 on older GPUs, none on CPU."""
+    if device.type != "cuda":
+        return None  # CPU autocast is slower than fp32 for these convs, and fp32 is exact
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def atomic_save(obj: object, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename it over `path`.
+
+    The rename is atomic on POSIX and Windows, so a reader (or a crash) sees either the old file
+    or the complete new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a training checkpoint safely (weights_only=True: no arbitrary code runs)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}; train first (sagan-edu train --out {path.parent}) or "
+            "check the path"
+        )
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_generator(
+    path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True
+) -> Generator:
+    """The (EMA, by default) generator of a checkpoint, in eval mode, ready to sample from."""
+    state = load_checkpoint(path, map_location=device)
+    generator = Generator(**state["G_config"])
+    generator.load_state_dict(state["G_ema" if ema else "G"])
+    return generator.to(device).eval()
+
+
+def _resumed_config(requested: TrainConfig, saved: dict) -> TrainConfig:
+    """The checkpoint's config, with only the settings that may change taken from `requested`."""
+    saved_config = TrainConfig(**saved)
+    ignored = [
+        f.name for f in fields(TrainConfig)
+        if f.name not in RESUMABLE_OVERRIDES
+        and getattr(requested, f.name) != getattr(saved_config, f.name)
+    ]  # fmt: skip
+    if ignored:
+        warnings.warn(
+            f"resuming with the checkpoint's settings; these requested values were ignored: "
+            f"{', '.join(f'{n}={getattr(requested, n)!r}' for n in ignored)}. Start a new run "
+            "(another out_dir) to change them.",
+            stacklevel=3,
+        )
+    overrides = {name: getattr(requested, name) for name in RESUMABLE_OVERRIDES}
+    return replace(saved_config, **overrides)

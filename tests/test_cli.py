@@ -1,0 +1,60 @@
+"""Tests of the `sagan-edu` command and the figures it writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from sagan_edu.cli import main
+
+TINY = ["--z-dim", "16", "--g-channels", "8", "--d-channels", "8", "--batch-size", "8",
+        "--log-every", "1", "--no-progress"]  # fmt: skip
+
+
+def test_train_writes_checkpoint_history_and_figures_then_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--out", str(out), *TINY]) == 0
+    for name in ("checkpoint.pt", "history.json", "samples.png", "attention.png", "losses.png",
+                 "gamma.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    assert Image.open(out / "samples.png").size == (8 * 34 + 2, 8 * 34 + 2)  # 8×8 tiles of 32 px
+    history = json.loads((out / "history.json").read_text())
+    assert history["step"] == [1.0, 2.0]
+
+    assert main(["train", "--steps", "3", "--out", str(out), "--resume", *TINY]) == 0
+    assert "from step 2 to 3" in capsys.readouterr().out
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+def test_train_without_attention_writes_no_attention_figure(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "1", "--out", str(out), "--attention-at", *TINY]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["attention_at"] == ()
+    assert not (out / "attention.png").exists()
+
+
+def test_sample_writes_a_grid(tmp_path):
+    out = tmp_path / "run"
+    main(["train", "--steps", "1", "--out", str(out), *TINY])
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--n", "16",
+                 "--out", str(grid)]) == 0  # fmt: skip
+    assert Image.open(grid).size == (8 * 34 + 2, 2 * 34 + 2)  # 16 images: 2 rows of 8
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--attention-at", "5"], "5"),
+        (["train", "--img-size", "48"], "48"),
+        (["train", "--dataset", "imagenet"], "imagenet"),
+        (["sample", "--checkpoint", "nowhere/checkpoint.pt"], "no checkpoint at"),
+    ],
+)
+def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys, args, message):
+    assert main([*args, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err

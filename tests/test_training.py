@@ -1,0 +1,260 @@
+"""Tests of the training loop: finite losses, exact resume, atomic checkpoints, divergence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import pytest
+import torch
+
+from sagan_edu import training
+from sagan_edu.models import Generator
+from sagan_edu.training import (
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    atomic_save,
+    load_checkpoint,
+    load_generator,
+    sample_images,
+    update_ema,
+)
+
+
+def tiny_config(tmp_path, **overrides) -> TrainConfig:
+    """A run small enough for a few steps in a second or two on a CPU."""
+    settings = dict(
+        dataset="mnist5k", img_size=32, z_dim=16, g_channels=8, d_channels=8, batch_size=8,
+        attention_at=(16,), steps=4, log_every=2, checkpoint_every=2, out_dir=str(tmp_path / "run"),
+        progress=False, seed=3,
+    )  # fmt: skip
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def all_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of G, D and EMA G, flattened into one dict."""
+    state = {}
+    for tag, model in (("G", trainer.G), ("D", trainer.D), ("G_ema", trainer.G_ema)):
+        state |= {f"{tag}.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    return state
+
+
+def test_a_few_steps_keep_losses_finite_and_record_history(tmp_path):
+    trainer = training.train(tiny_config(tmp_path, steps=6))
+    history = trainer.history
+    assert history["step"] == [2.0, 4.0, 6.0]
+    for name in ("loss_d", "loss_g", "d_real", "d_fake", "gamma/G/16x16", "gamma/D/16x16"):
+        assert len(history[name]) == 3
+        assert all(torch.isfinite(torch.tensor(history[name])))
+    # γ starts at 0 and moves once training begins: the attention gates do learn.
+    assert history["gamma/G/16x16"][-1] != 0.0 and history["gamma/D/16x16"][-1] != 0.0
+    assert trainer.step_count == 6
+
+
+def test_callback_runs_every_log_every_steps(tmp_path):
+    seen = []
+    training.train(
+        tiny_config(tmp_path, steps=6, log_every=3), callback=lambda t: seen.append(t.step_count)
+    )
+    assert seen == [3, 6]
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_architectures_and_conditioning_train(tmp_path, arch, conditional):
+    trainer = training.train(tiny_config(tmp_path, steps=2, arch=arch, conditional=conditional))
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in trainer.history.values())
+    assert (trainer.G.num_classes == 10) is conditional
+
+
+def test_nonsaturating_loss_and_n_dis(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, loss="nonsaturating", n_dis=2))
+    before = trainer.data_rng.get_state()
+    trainer.step()
+    # n_dis = 2: two real batches drawn from the data stream per generator step.
+    probe = torch.Generator().set_state(before)
+    torch.randint(1, (8,), generator=probe)
+    torch.randint(1, (8,), generator=probe)
+    assert torch.equal(probe.get_state(), trainer.data_rng.get_state())
+
+
+def test_update_ema_matches_formula():
+    torch.manual_seed(0)
+    model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        ema.weight.copy_(torch.tensor([0.0, 0.0, 6.0]))
+        model.running_mean.copy_(torch.tensor([5.0, 5.0, 5.0]))
+    update_ema(ema, model, decay=0.9)
+    torch.testing.assert_close(ema.weight, torch.tensor([0.1, 0.2, 5.7]))  # 0.9·ema + 0.1·model
+    torch.testing.assert_close(ema.running_mean, torch.tensor([5.0, 5.0, 5.0]))  # copied
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_everything(tmp_path):
+    trainer = training.train(tiny_config(tmp_path))
+    state = torch.load(trainer.checkpoint_path, weights_only=True)
+    assert state["step"] == 4
+    expected = {
+        "config",
+        "G_config",
+        "G",
+        "D",
+        "G_ema",
+        "opt_g",
+        "opt_d",
+        "scaler",
+        "rng",
+        "history",
+    }
+    assert expected <= set(state)
+    assert state["config"]["attention_at"] == (16,)
+
+
+def test_exact_resume_in_a_new_process(tmp_path):
+    """N steps straight == N/2 steps, then a new process resuming for N/2 (bit for bit on CPU)."""
+    straight = training.train(tiny_config(tmp_path / "a", steps=6, checkpoint_every=3))
+
+    config = tiny_config(tmp_path / "b", steps=3)
+    training.train(config)
+    script = textwrap.dedent(
+        f"""
+        from sagan_edu.training import TrainConfig, train
+        config = TrainConfig(**{vars(replace(config, steps=6, resume=True))!r})
+        train(config)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    resumed = Trainer(replace(config, steps=6, resume=True))
+
+    assert resumed.step_count == 6
+    a, b = all_state(straight), all_state(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after resume"
+    assert straight.opt_g.state_dict()["state"][0]["exp_avg"].equal(
+        resumed.opt_g.state_dict()["state"][0]["exp_avg"]
+    )
+    # The first run also logged its last step (3), so the resumed history has one entry more;
+    # windows that cover the same steps agree.
+    assert straight.history["step"] == [2, 4, 6] and resumed.history["step"] == [2, 3, 4, 6]
+    for name in ("loss_d", "loss_g", "d_real", "gamma/G/16x16"):
+        assert straight.history[name][0] == resumed.history[name][0]
+        assert straight.history[name][-1] == pytest.approx(resumed.history[name][-1], rel=1e-6)
+
+
+def test_resume_without_checkpoint_starts_fresh_and_warns_on_changed_settings(tmp_path):
+    config = tiny_config(tmp_path, resume=True, steps=2)
+    assert Trainer(config).step_count == 0  # nothing to resume yet
+    training.train(config)
+    with pytest.warns(UserWarning, match=r"lr_d=0\.1"):
+        trainer = Trainer(replace(config, steps=4, lr_d=0.1))
+    assert trainer.config.lr_d == 4e-4 and trainer.config.steps == 4 and trainer.step_count == 2
+
+
+def test_process_killed_during_checkpoint_write_leaves_previous_checkpoint(tmp_path):
+    config = tiny_config(tmp_path, steps=2)
+    training.train(config)
+    path = tmp_path / "run" / "checkpoint.pt"
+    before = path.read_bytes()
+
+    # A new process resumes, and dies (SIGKILL, no clean-up) halfway through its next save.
+    script = textwrap.dedent(
+        f"""
+        import os, signal, torch
+        from sagan_edu.training import TrainConfig, train
+        real_save = torch.save
+        def dying_save(obj, f, *args, **kwargs):
+            f.write(b"half a checkpoint")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dying_save
+        train(TrainConfig(**{vars(replace(config, steps=4, resume=True))!r}))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], timeout=300)
+    assert result.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["step"] == 2
+    # And the run resumes from it.
+    assert Trainer(replace(config, steps=4, resume=True)).step_count == 2
+
+
+def test_atomic_save_cleans_up_after_an_error(tmp_path):
+    path = tmp_path / "x.pt"
+    atomic_save({"a": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        atomic_save({"a": Unpicklable()}, path)
+    assert torch.load(path, weights_only=True) == {"a": 1}
+    assert os.listdir(tmp_path) == ["x.pt"]  # no temporary file left behind
+
+
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, steps=8, log_every=1, checkpoint_every=2)
+    trainer = Trainer(config)
+    real_loss = trainer.d_loss_fn
+
+    def loss_that_explodes(real, fake):
+        loss = real_loss(real, fake)
+        return loss * float("nan") if trainer.step_count >= 3 else loss
+
+    trainer.d_loss_fn = loss_that_explodes
+    with pytest.raises(
+        TrainingDiverged, match=r"loss_d became nan by step 4.*last good checkpoint"
+    ):
+        trainer.fit()
+    assert load_checkpoint(trainer.checkpoint_path)["step"] == 2
+
+
+def test_sampling_is_reproducible_and_load_generator_rebuilds_ema_g(tmp_path):
+    trainer = training.train(tiny_config(tmp_path))
+    a, b = trainer.sample(5, seed=1), trainer.sample(5, seed=1)
+    assert torch.equal(a, b) and not torch.equal(a, trainer.sample(5, seed=2))
+    assert a.shape == (5, 1, 32, 32) and a.min() >= -1 and a.max() <= 1
+    generator = load_generator(trainer.checkpoint_path)
+    assert isinstance(generator, Generator) and not generator.training
+    assert torch.equal(sample_images(generator, 5, seed=1), a)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"steps": 0}, ValueError, "steps must be a positive integer"),
+        ({"lr_d": 0.0}, ValueError, "lr_d must be positive"),
+        ({"ema_decay": 1.0}, ValueError, r"ema_decay must be in \[0, 1\)"),
+    ],
+)
+def test_bad_config_values(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        tiny_config(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"attention_at": (5,)}, "5"),
+        ({"img_size": 48}, "48"),
+        ({"dataset": "imagenet"}, "imagenet"),
+        ({"arch": "vit"}, "vit"),
+        ({"loss": "wasserstein"}, "wasserstein"),
+        ({"device": "cuda"} if not torch.cuda.is_available() else {"arch": "?"}, "GPU|\\?"),
+    ],
+)
+def test_bad_configurations_fail_before_training(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(tiny_config(tmp_path, **overrides))
+
+
+def test_conditional_needs_labels(tmp_path):
+    with pytest.raises(ValueError, match="conditional=True needs class labels"):
+        Trainer(tiny_config(tmp_path, dataset="twin-shapes", conditional=True))
