@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: lab test demo lint venv chromium clean
+.PHONY: lab test demo pretrained notebooks lint venv chromium clean
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
@@ -20,6 +20,16 @@ test: $(STAMP) chromium
 # maps, loss and γ curves land in runs/demo/. About 10 minutes on 2 CPU cores.
 demo: $(STAMP)
 	$(VENV)/bin/sagan-edu train --dataset mnist5k --steps 1500 --log-every 100 --out runs/demo
+
+# Rebuild the shipped pretrained weights (the demo's training, exported as safetensors).
+pretrained: $(STAMP)
+	$(VENV)/bin/sagan-edu train --dataset mnist5k --steps 1500 --log-every 100 --out runs/pretrained
+	$(VENV)/bin/sagan-edu export --checkpoint runs/pretrained/checkpoint.pt \
+	  --out sagan_edu/weights/mnist5k-sagan32.safetensors
+
+# Rewrite every notebook's Colab badge and setup cell from pyproject.toml's repository URL.
+notebooks: $(STAMP)
+	$(PY) tools/sync_notebooks.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -2,6 +2,7 @@
 
     sagan-edu train --dataset mnist5k --steps 2000 --out runs/mnist [--resume] [--attention-at 16]
     sagan-edu sample --checkpoint runs/mnist/checkpoint.pt --n 64 --out grid.png
+    sagan-edu export --checkpoint runs/mnist/checkpoint.pt --out mnist.safetensors
 
 `train` writes into --out: checkpoint.pt (everything needed to resume), history.json, and the
 figures samples.png, attention.png, losses.png and gamma.png.
@@ -24,6 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import save_image
 
+from sagan_edu.pretrained import export_pretrained
 from sagan_edu.training import (
     TrainConfig,
     Trainer,
@@ -78,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--no-ema", dest="ema", action="store_false", help="use G, not EMA G")
     sample.set_defaults(run=run_sample)
+
+    export = commands.add_parser(
+        "export", help="write a checkpoint's EMA generator and D as a safetensors file"
+    )
+    export.add_argument("--checkpoint", required=True, type=Path)
+    export.add_argument("--out", required=True, type=Path, help="a .safetensors path")
+    export.set_defaults(run=run_export)
     return parser
 
 
@@ -107,6 +116,13 @@ def run_sample(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_image(images, args.out, nrow=8, normalize=True, value_range=(-1, 1))
     print(f"wrote {args.n} samples to {args.out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {args.out}")
+    print(f"wrote {export_pretrained(args.checkpoint, args.out)}")
     return 0
 
 

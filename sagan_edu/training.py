@@ -329,7 +329,8 @@ class Trainer:
         return {
             "config": asdict(self.config),
             "step": self.step_count,
-            "G_config": self.G.config(),  # enough to rebuild G without the dataset
+            "G_config": self.G.config(),  # enough to rebuild G and D without the dataset
+            "D_config": self.D.config(),
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             "G_ema": self.G_ema.state_dict(),
