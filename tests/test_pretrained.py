@@ -33,7 +33,7 @@ def test_shipped_weights_are_a_trained_sagan():
     assert list(G.attention_layers()) == ["16x16"] and list(D.attention_layers()) == ["16x16"]
     assert training_info()["step"] >= 1000
     # Trained: γ has moved away from 0, and D tells real digits from noise.
-    assert abs(float(G.attention_layers()["16x16"].gamma)) > 0.01
+    assert abs(G.attention_layers()["16x16"].gamma.item()) > 0.01
     real = load_dataset("mnist5k", train=False, img_size=32).images[:64]
     noise = torch.rand_like(real) * 2 - 1
     with torch.no_grad():
