@@ -24,6 +24,7 @@ __all__ = [
     "plot_gammas",
     "plot_history",
     "plot_images",
+    "plot_sequence_attention",
     "query_attention_map",
 ]
 
@@ -154,6 +155,51 @@ def plot_attention_maps(
         ax.set_axis_off()
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sequence_attention(
+    weights: torch.Tensor,
+    query_tokens: Sequence[str],
+    key_tokens: Sequence[str] | None = None,
+    titles: Sequence[str] | None = None,
+    ax=None,
+) -> Figure:
+    """Token-to-token attention heatmaps, tokens as tick labels.
+
+    weights: (Lq, Lk) for one map, or (heads, Lq, Lk) for one panel per head. Row i shows how
+    query token i spreads its attention over the key tokens (each row sums to 1).
+    """
+    weights = weights.detach().float().cpu()
+    maps = weights[None] if weights.dim() == 2 else weights  # (heads, Lq, Lk)
+    if maps.dim() != 3:
+        raise ValueError(f"weights must be (Lq, Lk) or (heads, Lq, Lk), got {tuple(weights.shape)}")
+    key_tokens = query_tokens if key_tokens is None else key_tokens
+    if maps.shape[1:] != (len(query_tokens), len(key_tokens)):
+        raise ValueError(
+            f"weights of shape {tuple(weights.shape)} do not match {len(query_tokens)} query and "
+            f"{len(key_tokens)} key tokens"
+        )
+    if ax is not None and len(maps) != 1:
+        raise ValueError("pass `ax` only for a single map; several heads get a figure of their own")
+    side = 0.35 * max(len(query_tokens), len(key_tokens)) + 1.5
+    if ax is None:
+        fig, axes = plt.subplots(1, len(maps), figsize=(side * len(maps), side), squeeze=False)
+        axes = axes[0]
+    else:
+        fig, axes = ax.figure, [ax]
+    for i, (heat, a) in enumerate(zip(maps, axes, strict=True)):
+        a.imshow(heat.numpy(), cmap="viridis", vmin=0.0, vmax=float(heat.max()) or 1.0)
+        a.set_xticks(range(len(key_tokens)), key_tokens, rotation=90)
+        a.set_yticks(range(len(query_tokens)), query_tokens)
+        a.set_xlabel("key (attended to)")
+        if i == 0:
+            a.set_ylabel("query (attending)")
+        if titles is not None:
+            a.set_title(titles[i])
+        elif len(maps) > 1:
+            a.set_title(f"head {i}")
     fig.tight_layout()
     return fig
 

@@ -13,6 +13,7 @@ from sagan_edu.viz import (
     plot_attention_maps,
     plot_gammas,
     plot_history,
+    plot_sequence_attention,
     query_attention_map,
 )
 
@@ -71,3 +72,14 @@ def test_figures_draw():
     assert len(plot_history(history).axes) == 2
     ax = plot_gammas(history).axes[0]
     assert [line.get_label() for line in ax.get_lines()][:1] == ["G/16x16"]
+
+
+def test_sequence_attention_heatmaps():
+    tokens = ["the", "cat", "sat"]
+    weights = torch.softmax(torch.randn(2, 3, 3), -1)
+    fig = plot_sequence_attention(weights, tokens)
+    assert [a.get_title() for a in fig.axes] == ["head 0", "head 1"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == tokens
+    assert len(plot_sequence_attention(weights[0], tokens).axes) == 1
+    with pytest.raises(ValueError, match="do not match 2 query"):
+        plot_sequence_attention(weights, tokens[:2])
