@@ -21,11 +21,14 @@ test: $(STAMP) chromium
 demo: $(STAMP)
 	$(VENV)/bin/sagan-edu train --dataset mnist5k --steps 1500 --log-every 100 --out runs/demo
 
-# Rebuild the shipped pretrained weights (the demo's training, exported as safetensors).
+# Rebuild the shipped weights: the metrics' MNIST feature network, and the demo's SAGAN training
+# exported as safetensors; then record their checksums (a test compares them).
 pretrained: $(STAMP)
+	$(VENV)/bin/sagan-edu train-classifier --out sagan_edu/weights/mnist5k-classifier.safetensors
 	$(VENV)/bin/sagan-edu train --dataset mnist5k --steps 1500 --log-every 100 --out runs/pretrained
 	$(VENV)/bin/sagan-edu export --checkpoint runs/pretrained/checkpoint.pt \
 	  --out sagan_edu/weights/mnist5k-sagan32.safetensors
+	cd sagan_edu/weights && sha256sum *.safetensors > SHA256SUMS
 
 # Rewrite every notebook's Colab badge and setup cell from pyproject.toml's repository URL.
 notebooks: $(STAMP)

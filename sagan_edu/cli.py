@@ -3,6 +3,7 @@
     sagan-edu train --dataset mnist5k --steps 2000 --out runs/mnist [--resume] [--attention-at 16]
     sagan-edu sample --checkpoint runs/mnist/checkpoint.pt --n 64 --out grid.png
     sagan-edu export --checkpoint runs/mnist/checkpoint.pt --out mnist.safetensors
+    sagan-edu train-classifier      # the feature network of sagan_edu.metrics
 
 `train` writes into --out: checkpoint.pt (everything needed to resume), history.json, and the
 figures samples.png, attention.png, losses.png and gamma.png.
@@ -25,6 +26,7 @@ import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import save_image
 
+from sagan_edu.metrics import CLASSIFIER_PATH, train_classifier
 from sagan_edu.pretrained import export_pretrained
 from sagan_edu.training import (
     TrainConfig,
@@ -87,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, type=Path)
     export.add_argument("--out", required=True, type=Path, help="a .safetensors path")
     export.set_defaults(run=run_export)
+
+    classifier = commands.add_parser(
+        "train-classifier", help="retrain the MNIST feature network the metrics use"
+    )
+    classifier.add_argument("--out", type=Path, default=CLASSIFIER_PATH)
+    classifier.add_argument("--epochs", type=int, default=30)
+    classifier.add_argument("--seed", type=int, default=0)
+    classifier.set_defaults(run=run_train_classifier)
     return parser
 
 
@@ -123,6 +133,15 @@ def run_export(args: argparse.Namespace) -> int:
     if args.out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {args.out}")
     print(f"wrote {export_pretrained(args.checkpoint, args.out)}")
+    return 0
+
+
+def run_train_classifier(args: argparse.Namespace) -> int:
+    accuracy = train_classifier(args.out, epochs=args.epochs, seed=args.seed)
+    print(
+        f"wrote {args.out}: accuracy {accuracy['train_accuracy']:.3f} on the 4,000 training "
+        f"digits, {accuracy['held_out_accuracy']:.3f} on the 1,000 held-out digits"
+    )
     return 0
 
 

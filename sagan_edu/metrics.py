@@ -1,0 +1,286 @@
+"""How good are generated images? Metrics in a local feature space, and for the synthetic data.
+
+Published GAN results use the Fréchet Inception Distance (FID): embed real and generated images
+with an ImageNet Inception network, fit a Gaussian to each set of embeddings, and measure the
+Fréchet distance between the two Gaussians,
+
+    FD = ‖μ_r − μ_g‖² + Tr(Σ_r + Σ_g − 2 (Σ_r Σ_g)^½).
+
+Inception weights need a download, so this course embeds images with a small classifier trained
+on the embedded MNIST digits instead (its weights ship with the package; `sagan-edu
+train-classifier` retrains them). The numbers are therefore "Fréchet distance (MNIST classifier
+features)": lower is better, 0 for identical sets, and NOT comparable with published FIDs.
+KID (kernel inception distance) is the same idea with a polynomial-kernel MMD, unbiased for small
+sample counts. Both are computed by torchmetrics, given our feature network.
+
+For the synthetic datasets `consistency(images, dataset)` scores whether far-apart parts agree
+(see `sagan_edu.data.consistency_score`), with real-data reference values to compare against.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from sagan_edu.data import consistency_score, load_dataset
+
+__all__ = [
+    "FD_NAME",
+    "KID_NAME",
+    "MnistClassifier",
+    "class_coverage",
+    "class_histogram",
+    "consistency",
+    "consistency_reference",
+    "fd_and_kid",
+    "frechet_distance",
+    "load_classifier",
+    "train_classifier",
+]
+
+FD_NAME = "Fréchet distance (MNIST classifier features)"
+KID_NAME = "KID (MNIST classifier features)"
+CLASSIFIER_PATH = Path(__file__).parent / "weights" / "mnist5k-classifier.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# The feature network
+# ---------------------------------------------------------------------------------------------
+
+
+class MnistClassifier(nn.Module):
+    """A small CNN digit classifier; its penultimate layer is the feature space of the metrics.
+
+    images (B, 1, H, W) in [-1, 1] (any H, W: resized to 32×32) -> features (B, 128).
+    """
+
+    num_features = 128  # read by torchmetrics
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 16, 16)
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 8, 8)
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),  # (B, 128, 8, 8)
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (B, 128)
+        )  # fmt: skip
+        self.head = nn.Linear(self.num_features, 10)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The features torchmetrics compares: (B, 1, H, W) -> (B, 128)."""
+        if images.dim() != 4 or images.size(1) != 1:
+            raise ValueError(
+                f"the MNIST feature network takes (B, 1, H, W) grey images in [-1, 1], got shape "
+                f"{tuple(images.shape)}"
+            )
+        images = images.float()
+        if images.shape[-2:] != (32, 32):
+            images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+        return self.body(images)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> class scores (B, 10)."""
+        return self.head(self(images))
+
+
+def train_classifier(
+    out_path: str | os.PathLike = CLASSIFIER_PATH, epochs: int = 30, seed: int = 0
+) -> dict[str, float]:
+    """Train the feature network on mnist5k's 4,000 training digits and save it (safetensors).
+
+    Returns the accuracy on the 1,000 held-out digits (and on the training digits).
+    """
+    torch.manual_seed(seed)
+    train_set = load_dataset("mnist5k", train=True, img_size=32)
+    held_out = load_dataset("mnist5k", train=False, img_size=32)
+    model = MnistClassifier()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    batches_per_epoch = len(train_set) // 64
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=2e-3, total_steps=epochs * batches_per_epoch
+    )
+    for _ in range(epochs):
+        order = torch.randperm(len(train_set))
+        for i in range(batches_per_epoch):
+            index = order[i * 64 : (i + 1) * 64]
+            images = _random_shift(train_set.images[index])  # a little augmentation: ±2 px
+            loss = F.cross_entropy(model.logits(images), train_set.labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    model.eval()
+    accuracy = {
+        "train_accuracy": _accuracy(model, train_set.images, train_set.labels),
+        "held_out_accuracy": _accuracy(model, held_out.images, held_out.labels),
+    }
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        out_path,
+        metadata={k: f"{v:.4f}" for k, v in accuracy.items()} | {"epochs": str(epochs)},
+    )
+    return accuracy
+
+
+def _random_shift(images: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
+    """Shift each image by up to max_shift pixels, filling with background (-1)."""
+    padded = F.pad(images, [max_shift] * 4, value=-1.0)
+    size = images.shape[-1]
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2,)).tolist()
+    return padded[..., dy : dy + size, dx : dx + size]
+
+
+@torch.no_grad()
+def _accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    predictions = torch.cat([model.logits(chunk).argmax(1) for chunk in images.split(500)])
+    return (predictions == labels).float().mean().item()
+
+
+def load_classifier(device: str | torch.device = "cpu") -> MnistClassifier:
+    """The shipped feature network, in eval mode."""
+    if not CLASSIFIER_PATH.exists():
+        raise FileNotFoundError(
+            f"the MNIST feature network's weights are missing ({CLASSIFIER_PATH}); "
+            "rebuild them with `sagan-edu train-classifier`"
+        )
+    model = MnistClassifier()
+    model.load_state_dict(load_file(CLASSIFIER_PATH))
+    return model.to(device).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fréchet distance and KID (torchmetrics)
+# ---------------------------------------------------------------------------------------------
+
+
+class _Identity(nn.Module):
+    """A 'feature network' that passes features through, so torchmetrics can compare them."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """The Fréchet distance between Gaussians fitted to two feature sets (N, D) and (M, D).
+
+    Computed by torchmetrics' FID code (float64), fed the features directly.
+    """
+    for name, f in (("features_a", features_a), ("features_b", features_b)):
+        if f.dim() != 2 or len(f) < 2:
+            raise ValueError(f"{name} must be (N, D) with N ≥ 2, got shape {tuple(f.shape)}")
+    if features_a.size(1) != features_b.size(1):
+        raise ValueError(
+            f"the feature sets must have the same width, got {features_a.size(1)} and "
+            f"{features_b.size(1)}"
+        )
+    metric = FrechetInceptionDistance(feature=_Identity(features_a.size(1)))
+    metric.update(features_a.double(), real=True)
+    metric.update(features_b.double(), real=False)
+    return metric.compute().item()
+
+
+@torch.no_grad()
+def fd_and_kid(
+    real_images: torch.Tensor,
+    fake_images: torch.Tensor,
+    classifier: MnistClassifier | None = None,
+    kid_subset_size: int = 500,
+) -> dict[str, float]:
+    """Fréchet distance and KID between two image sets (B, 1, H, W) in [-1, 1].
+
+    Keys are FD_NAME, KID_NAME and KID_NAME + " std", so printed results say what they are.
+    """
+    classifier = classifier or load_classifier(real_images.device)
+    fd = FrechetInceptionDistance(feature=classifier, reset_real_features=False).to(
+        real_images.device
+    )
+    subset = min(kid_subset_size, len(real_images), len(fake_images))
+    kid = KernelInceptionDistance(feature=classifier, subset_size=subset).to(real_images.device)
+    for metric in (fd, kid):
+        for chunk in real_images.split(500):
+            metric.update(chunk, real=True)
+        for chunk in fake_images.split(500):
+            metric.update(chunk, real=False)
+    kid_mean, kid_std = kid.compute()
+    return {
+        FD_NAME: fd.compute().item(),
+        KID_NAME: kid_mean.item(),
+        KID_NAME + " std": kid_std.item(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Digits: which classes a generator makes
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def class_histogram(
+    images: torch.Tensor, classifier: MnistClassifier | None = None
+) -> torch.Tensor:
+    """How many of the images (B, 1, H, W) the classifier calls 0, 1, …, 9: a (10,) tensor."""
+    classifier = classifier or load_classifier(images.device)
+    predictions = torch.cat([classifier.logits(chunk).argmax(1) for chunk in images.split(500)])
+    return torch.bincount(predictions, minlength=10).cpu()
+
+
+def class_coverage(histogram: torch.Tensor, min_share: float = 0.02) -> dict[str, float]:
+    """Coverage and diversity of a class histogram.
+
+    covered: fraction of the 10 classes that get at least `min_share` of the samples (mode
+    collapse drops classes). entropy: the histogram's entropy divided by log(10), 1 for a uniform
+    spread over all digits, 0 if every sample is the same digit.
+    """
+    shares = histogram.float() / histogram.sum()
+    nonzero = shares[shares > 0]
+    entropy = -(nonzero * nonzero.log()).sum() / torch.log(torch.tensor(10.0))
+    return {"covered": (shares >= min_share).float().mean().item(), "entropy": entropy.item()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data: do far-apart parts agree?
+# ---------------------------------------------------------------------------------------------
+
+
+def consistency(images: torch.Tensor, dataset: str = "twin-shapes") -> dict[str, float]:
+    """Mean and standard deviation of the long-range consistency score of images (B, C, H, W)."""
+    scores = consistency_score(images, dataset=dataset)
+    return {"mean": scores.mean().item(), "std": scores.std().item()}
+
+
+def consistency_reference(
+    dataset: str = "twin-shapes", n: int = 2000, img_size: int = 32, seed: int = 0
+) -> dict[str, float]:
+    """What the consistency score means, in numbers.
+
+    real: the mean score of real held-out images (what a perfect generator would reach).
+    ignores_long_range: the mean score of images whose halves were drawn independently: what a
+    generator that gets each half right but ignores how the halves relate would reach.
+    """
+    if dataset == "mirror":
+        real = load_dataset("mirror", train=False, img_size=img_size, length=n, seed=seed).images
+        other = load_dataset("mirror", train=False, img_size=img_size, length=n, seed=seed + 1)
+        half = img_size // 2
+        independent = torch.cat([real[..., :half], other.images[..., half:]], dim=-1)
+    else:
+        real = load_dataset(dataset, train=False, img_size=img_size, length=n, seed=seed).images
+        independent = load_dataset(
+            "local-shapes", train=False, img_size=img_size, length=n, seed=seed
+        ).images
+    return {
+        "real": consistency_score(real, dataset=dataset).mean().item(),
+        "ignores_long_range": consistency_score(independent, dataset=dataset).mean().item(),
+    }
