@@ -4,6 +4,7 @@
     sagan-edu sample --checkpoint runs/mnist/checkpoint.pt --n 64 --out grid.png
     sagan-edu export --checkpoint runs/mnist/checkpoint.pt --out mnist.safetensors
     sagan-edu train-classifier      # the feature network of sagan_edu.metrics
+    torchrun --standalone --nproc_per_node=4 -m sagan_edu.cli train ...   # 4 GPUs (DDP)
 
 `train` writes into --out: checkpoint.pt (everything needed to resume), history.json, and the
 figures samples.png, attention.png, losses.png and gamma.png.
@@ -101,20 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    config = TrainConfig(
-        **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    )
-    trainer = Trainer(config)
-    print(
-        f"training on {trainer.device} ({_amp_name(trainer)}), dataset {config.dataset} "
-        f"({len(trainer.dataset)} images), attention at {list(trainer.config.attention_at)}, "
-        f"from step {trainer.step_count} to {trainer.config.steps}"
+    fields_given = {
+        f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)
+    }
+    trainer = Trainer(TrainConfig(**fields_given))
+    say = print if trainer.is_main else (lambda *a, **k: None)  # under torchrun: rank 0 speaks
+    config = trainer.config
+    say(
+        f"training on {trainer.device} ({_amp_name(trainer)}"
+        f"{f', {trainer.world_size} processes' if trainer.world_size > 1 else ''}), "
+        f"dataset {config.dataset} ({len(trainer.dataset)} images), attention at "
+        f"{list(config.attention_at)}, from step {trainer.step_count} to {config.steps}"
     )
     start = time.perf_counter()
-    trainer.fit()
-    print(f"trained to step {trainer.step_count} in {time.perf_counter() - start:.0f} s")
-    write_figures(trainer, Path(trainer.config.out_dir))
-    print(f"wrote {trainer.checkpoint_path} and figures to {trainer.config.out_dir}/")
+    try:
+        trainer.fit()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    say(f"trained to step {trainer.step_count} in {time.perf_counter() - start:.0f} s")
+    if trainer.is_main:
+        write_figures(trainer, Path(config.out_dir))
+        say(f"wrote {trainer.checkpoint_path} and figures to {config.out_dir}/")
     return 0
 
 

@@ -18,6 +18,13 @@ The pieces SAGAN relies on, and why:
 - Mixed precision (AMP) where the device supports it: bf16 on GPUs from Ampere (sm80) on, fp16
   with a GradScaler on older GPUs, off on CPU. Spectral norm always runs in float32.
 
+More than one GPU: launched with
+`torchrun --standalone --nproc_per_node=K -m sagan_edu.cli train ...`, each process trains on its
+own shard of every batch, DistributedDataParallel averages the gradients, and rank 0 alone writes
+checkpoints and logs. `batch_size` is per process. All processes draw the same global batch of
+indices and noise and take their rows of it, so the random state is the same
+everywhere and a run can resume with a different K.
+
 Checkpoints hold everything needed to continue exactly (models, optimizers, EMA, scaler, random
 generator states, step, history, config). They are written to a temporary file and renamed, so a
 crash mid-write leaves the previous checkpoint intact, and they load with weights_only=True.
@@ -35,7 +42,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from sagan_edu.data import load_dataset
@@ -47,6 +56,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
+    "init_distributed",
     "load_checkpoint",
     "load_generator",
     "train",
@@ -135,8 +145,9 @@ class Trainer:
         self.config = config
         self.callback = callback
         self.checkpoint_path = checkpoint_path
-        self.device = pick_device(config.device)
-        torch.manual_seed(config.seed)  # model initialisation
+        self.rank, self.world_size, self.device = init_distributed(config.device)
+        self.is_main = self.rank == 0  # only rank 0 writes checkpoints, logs and figures
+        torch.manual_seed(config.seed)  # model initialisation: the same on every rank
 
         self.dataset = load_dataset(config.dataset, root=config.data_root, img_size=config.img_size)
         self.num_classes = self.dataset.num_classes if config.conditional else None
@@ -169,9 +180,11 @@ class Trainer:
         # Separate random streams for data and noise, so a resumed run draws the same batches.
         self.data_rng = torch.Generator().manual_seed(config.seed + 1)
         self.noise_rng = torch.Generator(self.device).manual_seed(config.seed + 2)
-        # torch.compile wraps the modules; state is saved from the unwrapped ones.
-        self.g_forward = torch.compile(self.G) if config.compile else self.G
-        self.d_forward = torch.compile(self.D) if config.compile else self.D
+        # DDP and torch.compile wrap the modules; state is saved from the unwrapped ones.
+        self.g_forward = self._wrap(self.G, distributed=True)
+        self.d_forward = self._wrap(self.D, distributed=True)
+        # In the G step D's gradients are not needed, so D runs without DDP's gradient sync.
+        self.d_forward_g_step = self._wrap(self.D, distributed=False)
 
         self.step_count = 0
         self.history: dict[str, list[float]] = {}
@@ -217,7 +230,7 @@ class Trainer:
         self.D.requires_grad_(False)  # gradients flow through D to G, but D's own are not needed
         with self._autocast():
             fake = self.g_forward(self._noise(self.config.batch_size), labels)
-            loss_g = self.g_loss_fn(self.d_forward(fake, labels).float())
+            loss_g = self.g_loss_fn(self.d_forward_g_step(fake, labels).float())
         self._update(self.opt_g, loss_g)
         self.D.requires_grad_(True)
         return loss_g.detach()
@@ -229,8 +242,9 @@ class Trainer:
         self.scaler.update()
 
     def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A batch drawn uniformly at random (with replacement) from the dataset."""
-        index = torch.randint(len(self.dataset), (self.config.batch_size,), generator=self.data_rng)
+        """This rank's part of a batch drawn uniformly at random (with replacement)."""
+        n = self.config.batch_size * self.world_size
+        index = self._shard(torch.randint(len(self.dataset), (n,), generator=self.data_rng))
         images, labels = self.dataset.images[index], self.dataset.labels[index]
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True) if self.num_classes else None
@@ -239,10 +253,26 @@ class Trainer:
     def _random_labels(self, n: int) -> torch.Tensor | None:
         if self.num_classes is None:
             return None
-        return torch.randint(self.num_classes, (n,), generator=self.noise_rng, device=self.device)
+        n_all = n * self.world_size
+        labels = torch.randint(
+            self.num_classes, (n_all,), generator=self.noise_rng, device=self.device
+        )
+        return self._shard(labels)
 
     def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.config.z_dim, generator=self.noise_rng, device=self.device)
+        n_all = n * self.world_size
+        z = torch.randn(n_all, self.config.z_dim, generator=self.noise_rng, device=self.device)
+        return self._shard(z)
+
+    def _shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """Rows rank, rank + K, rank + 2K, … of a global batch: each rank gets its own rows."""
+        return batch[self.rank :: self.world_size]
+
+    def _wrap(self, model: nn.Module, distributed: bool) -> nn.Module:
+        if distributed and self.world_size > 1:
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        return torch.compile(model) if self.config.compile else model
 
     def _autocast(self):
         return torch.autocast(
@@ -262,8 +292,8 @@ class Trainer:
         """Train until `config.steps`, logging, calling back and checkpointing. Returns history."""
         config = self.config
         bar = tqdm(
-            total=config.steps, initial=self.step_count, disable=not config.progress,
-            desc="training", unit="step", dynamic_ncols=True,
+            total=config.steps, initial=self.step_count, desc="training", unit="step",
+            disable=not (config.progress and self.is_main), dynamic_ncols=True,
         )  # fmt: skip
         while self.step_count < config.steps:
             self.step()
@@ -272,11 +302,12 @@ class Trainer:
             if self.step_count % config.log_every == 0 or at_end:
                 last = self._log()
                 bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
-                if self.callback is not None:
+                if self.callback is not None and self.is_main:
                     self.callback(self)
             if self.step_count % config.checkpoint_every == 0 or at_end:
                 self._check_finite(parameters=True)  # never overwrite a good checkpoint with NaNs
-                self.save_checkpoint()
+                if self.is_main:
+                    self.save_checkpoint()
         bar.close()
         return self.history
 
@@ -288,6 +319,7 @@ class Trainer:
 
     def _log(self) -> dict[str, float]:
         """Append the window's means and every attention layer's γ to the history."""
+        self._average_window_over_ranks()
         self._check_finite()
         entry = {"step": float(self.step_count)}
         entry |= {name: float(total) / self._window_steps for name, total in self._window.items()}
@@ -296,6 +328,15 @@ class Trainer:
             self.history.setdefault(name, []).append(value)
         self._window, self._window_steps = {}, 0
         return entry
+
+    def _average_window_over_ranks(self) -> None:
+        """Under DDP, every rank logs the mean over all ranks (so all stop together on NaN)."""
+        if self.world_size == 1 or not self._window:
+            return
+        names = sorted(self._window)
+        totals = torch.stack([torch.as_tensor(self._window[n], device=self.device) for n in names])
+        dist.all_reduce(totals)
+        self._window = dict(zip(names, totals / self.world_size, strict=True))
 
     def _check_finite(self, parameters: bool = False) -> None:
         values = {name: float(total) for name, total in self._window.items()}
@@ -421,6 +462,24 @@ def sample_images(
     images = generator(z, None if labels is None else labels.to(device))
     generator.train(was_training)
     return images.float()
+
+
+def init_distributed(device_name: str = "auto") -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) join the process group first.
+
+    Each process of a multi-GPU run uses the GPU numbered by its LOCAL_RANK; on CPU-only machines
+    the processes talk over gloo, which is slow but lets the multi-process path be tested.
+    """
+    device = pick_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def pick_device(name: str = "auto") -> torch.device:
