@@ -1,7 +1,8 @@
 """Pretrained SAGAN weights shipped with the package, so a CPU student can look at a trained model.
 
-    from sagan_edu.pretrained import load_pretrained
-    G, D = load_pretrained("mnist5k-sagan32")     # EMA generator and discriminator, in eval mode
+    from sagan_edu.pretrained import load, load_pretrained
+    G = load("mnist5k-sagan32")                   # the EMA generator, in eval mode
+    G, D = load_pretrained("mnist5k-sagan32")     # generator and discriminator
 
 The files are safetensors (plain tensors plus a JSON header: loading runs no code). Each holds the
 EMA generator ("G." keys), the discriminator ("D." keys), and in its metadata the models' configs
@@ -24,7 +25,14 @@ from safetensors.torch import load_file, safe_open, save_file
 from sagan_edu.models import Discriminator, Generator
 from sagan_edu.training import load_checkpoint
 
-__all__ = ["WEIGHTS_DIR", "available", "export_pretrained", "load_pretrained", "training_info"]
+__all__ = [
+    "WEIGHTS_DIR",
+    "available",
+    "export_pretrained",
+    "load",
+    "load_pretrained",
+    "training_info",
+]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -72,6 +80,11 @@ def load_pretrained(
     G.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")})
     D.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
     return G.to(device).eval(), D.to(device).eval()
+
+
+def load(name: str = "mnist5k-sagan32", device: str | torch.device = "cpu") -> Generator:
+    """The shipped EMA generator called `name`, ready to sample from (eval mode)."""
+    return load_pretrained(name, device)[0]
 
 
 def training_info(name: str = "mnist5k-sagan32") -> dict:

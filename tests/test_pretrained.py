@@ -7,7 +7,7 @@ import torch
 
 from sagan_edu import training
 from sagan_edu.data import load_dataset
-from sagan_edu.pretrained import available, export_pretrained, load_pretrained, training_info
+from sagan_edu.pretrained import available, export_pretrained, load, load_pretrained, training_info
 from sagan_edu.training import TrainConfig, load_generator, sample_images
 
 
@@ -32,6 +32,7 @@ def test_shipped_weights_are_a_trained_sagan():
     G, D = load_pretrained("mnist5k-sagan32")
     assert list(G.attention_layers()) == ["16x16"] and list(D.attention_layers()) == ["16x16"]
     assert training_info()["step"] >= 1000
+    assert torch.equal(sample_images(load("mnist5k-sagan32"), 2), sample_images(G, 2))
     # Trained: γ has moved away from 0, and D tells real digits from noise.
     assert abs(G.attention_layers()["16x16"].gamma.item()) > 0.01
     real = load_dataset("mnist5k", train=False, img_size=32).images[:64]

@@ -84,6 +84,20 @@ def test_nonsaturating_loss_and_n_dis(tmp_path):
     assert torch.equal(probe.get_state(), trainer.data_rng.get_state())
 
 
+def test_mixed_precision_path_runs_on_cpu_with_bf16(tmp_path, monkeypatch):
+    """The AMP code path (autocast) exercised on CPU: losses finite, weights stay float32."""
+    monkeypatch.setattr(training, "amp_dtype", lambda device: torch.bfloat16)
+    trainer = Trainer(tiny_config(tmp_path))
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    for _ in range(3):
+        metrics = trainer.step()
+    assert all(torch.isfinite(v) for v in metrics.values())
+    assert all(p.dtype == torch.float32 for p in trainer.G.parameters())
+    layer = trainer.G.attention_layers()["16x16"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.query.weight.dtype == torch.float32  # spectral norm computed in float32
+
+
 def test_update_ema_matches_formula():
     torch.manual_seed(0)
     model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
