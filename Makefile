@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: lab test demo pretrained notebooks lint venv chromium clean
+.PHONY: lab test demo pretrained notebooks exercises lint venv chromium clean
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
@@ -33,6 +33,11 @@ pretrained: $(STAMP)
 # Rewrite every notebook's Colab badge and setup cell from pyproject.toml's repository URL.
 notebooks: $(STAMP)
 	$(PY) tools/sync_notebooks.py
+
+# Regenerate exercises/ from solutions/: every answer between nbgrader's BEGIN/END SOLUTION markers
+# becomes a stub that raises NotImplementedError with a hint. The tests fail if exercises/ is stale.
+exercises: $(STAMP)
+	$(PY) tools/make_exercises.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

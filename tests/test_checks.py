@@ -1,0 +1,689 @@
+"""sagan_edu.checks: each check passes a right answer and fails wrong ones, saying why in words.
+
+Every exercise gets planted wrong answers, the mistakes students make (wrong axis, missing scale,
+forgotten mask, transposed heads, ...), and the test asserts the check's message names the mistake.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sagan_edu import checks
+from sagan_edu.attention import MultiHeadAttention, SelfAttention2d, scaled_dot_product_attention
+from sagan_edu.checks import CheckFailed
+from sagan_edu.losses import d_hinge_loss, g_hinge_loss
+from sagan_edu.spectral_norm import SpectralNorm
+from sagan_edu.training import update_ema
+from sagan_edu.viz import query_attention_map
+
+# ---------------------------------------------------------------------------------------------
+# Right answers, written the way the solutions write them
+# ---------------------------------------------------------------------------------------------
+
+
+def attention_weights(q, k):
+    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)), dim=-1)
+
+
+def sdpa(q, k, v):
+    weights = attention_weights(q, k)
+    return weights @ v, weights
+
+
+def masked_attention(q, k, v, mask):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    mask = mask.expand(scores.shape)
+    attends = mask.any(dim=-1, keepdim=True)
+    safe = mask | ~attends
+    weights = torch.softmax(scores.masked_fill(~safe, float("-inf")), dim=-1) * attends
+    return weights @ v, weights
+
+
+def split_heads(x, num_heads):
+    B, L, E = x.shape
+    return x.view(B, L, num_heads, E // num_heads).transpose(1, 2)
+
+
+def merge_heads(x):
+    B, heads, L, d = x.shape
+    return x.transpose(1, 2).reshape(B, L, heads * d)
+
+
+class Block(nn.Module):
+    """The SAGAN block; class attributes switch on one mistake at a time for the wrong answers."""
+
+    scale = False
+    softmax_dim = -1
+    pool_fn = staticmethod(F.max_pool2d)
+    use_gamma = True
+    residual = True
+    gamma_init = 0.0
+    bias = False
+    value_reduction = 2
+    transpose_before_reshape = True
+    keys_first = False
+
+    def __init__(self, channels, pool=2):
+        super().__init__()
+        self.pool = pool
+        self.query = nn.Conv2d(channels, channels // 8, 1, bias=self.bias)
+        self.key = nn.Conv2d(channels, channels // 8, 1, bias=self.bias)
+        self.value = nn.Conv2d(channels, channels // self.value_reduction, 1, bias=self.bias)
+        self.out = nn.Conv2d(channels // self.value_reduction, channels, 1, bias=self.bias)
+        self.gamma = nn.Parameter(torch.full((), self.gamma_init))
+
+    def _pool(self, t):
+        return self.pool_fn(t, self.pool) if self.pool > 1 else t
+
+    def forward(self, x):
+        B, _C, H, W = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
+        k = self._pool(self.key(x)).flatten(2).transpose(1, 2)  # (B, M, C/8)
+        v = self._pool(self.value(x)).flatten(2).transpose(1, 2)  # (B, M, C/2)
+        scores = k @ q.transpose(1, 2) if self.keys_first else q @ k.transpose(1, 2)
+        if self.scale:
+            scores = scores / math.sqrt(q.size(-1))
+        attention = torch.softmax(scores, dim=self.softmax_dim)
+        o = attention @ v  # (B, N, C/2)
+        if self.transpose_before_reshape:
+            o = o.transpose(1, 2)
+        o = self.out(o.reshape(B, -1, H, W))
+        if self.use_gamma:
+            o = self.gamma * o
+        return (x + o if self.residual else o), attention
+
+
+def spectral_normalise(weight, u, n_iterations=1):
+    w = weight.flatten(1)
+    with torch.no_grad():
+        for _ in range(n_iterations):
+            v = F.normalize(w.t() @ u, dim=0)
+            u = F.normalize(w @ v, dim=0)
+    return weight / torch.dot(u, w @ v), u
+
+
+def d_loss(real, fake):
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def g_loss(fake):
+    return -fake.mean()
+
+
+def discriminator_step(G, D, opt_d, real, z):
+    with torch.no_grad():
+        fake = G(z)
+    loss = d_hinge_loss(D(real), D(fake))
+    opt_d.zero_grad()
+    loss.backward()
+    opt_d.step()
+    return loss.item()
+
+
+def generator_step(G, D, opt_g, z):
+    loss = g_hinge_loss(D(G(z)))
+    opt_g.zero_grad()
+    loss.backward()
+    opt_g.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def ema(ema_model, model, decay):
+    for e, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+        e.mul_(decay).add_(p, alpha=1 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def fd(a, b):
+    a, b = a.double(), b.double()
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    trace_sqrt = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
+    return ((a.mean(0) - b.mean(0)) ** 2).sum().item() + (
+        cov_a.trace() + cov_b.trace() - 2 * trace_sqrt
+    ).item()
+
+
+def query_map(attention, feature_size, query, image_size=None):
+    H, W = feature_size
+    B, N, M = attention.shape
+    p = round(math.sqrt(N / M))
+    rows, cols = image_size or (H, W)
+    n = (query[0] * H // rows) * W + query[1] * W // cols
+    grid = attention[:, n].reshape(B, 1, H // p, W // p)
+    up = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False)[:, 0]
+    return up / up.sum(dim=(1, 2), keepdim=True)
+
+
+RIGHT = {
+    checks.check_attention_weights: attention_weights,
+    checks.check_scaled_dot_product_attention: sdpa,
+    checks.check_masked_attention: masked_attention,
+    checks.check_split_heads: split_heads,
+    checks.check_merge_heads: merge_heads,
+    checks.check_self_attention_2d: Block,
+    checks.check_spectral_normalise: spectral_normalise,
+    checks.check_d_hinge_loss: d_loss,
+    checks.check_g_hinge_loss: g_loss,
+    checks.check_discriminator_step: discriminator_step,
+    checks.check_generator_step: generator_step,
+    checks.check_update_ema: ema,
+    checks.check_frechet_distance: fd,
+    checks.check_query_attention_map: query_map,
+}
+
+# The library's own code, wrapped to the exercises' signatures, must pass too.
+LIBRARY = {
+    checks.check_attention_weights: lambda q, k: scaled_dot_product_attention(q, k, k)[1],
+    checks.check_scaled_dot_product_attention: scaled_dot_product_attention,
+    checks.check_masked_attention: lambda q, k, v, mask: scaled_dot_product_attention(
+        q, k, v, mask=mask
+    ),
+    checks.check_split_heads: lambda x, h: MultiHeadAttention(x.size(-1), h)._split_heads(x),
+    checks.check_merge_heads: lambda x: MultiHeadAttention(
+        x.size(1) * x.size(3), x.size(1)
+    )._merge_heads(x),
+    checks.check_d_hinge_loss: d_hinge_loss,
+    checks.check_g_hinge_loss: g_hinge_loss,
+    checks.check_update_ema: update_ema,
+    checks.check_query_attention_map: query_attention_map,
+    checks.check_frechet_distance: checks.reference_frechet_distance,
+}
+
+
+def library_block(channels, pool=2):
+    """SelfAttention2d without spectral norm, returning (y, attention) as the exercise asks."""
+
+    class Wrapped(SelfAttention2d):
+        def forward(self, x):
+            return super().forward(x, return_attention=True)
+
+    return Wrapped(channels, pool=pool, spectral_norm=False)
+
+
+def library_spectral_normalise(weight, u, n_iterations=1):
+    sn = SpectralNorm(weight.detach(), n_power_iterations=n_iterations)
+    with torch.no_grad():
+        sn.u.copy_(u)
+    return sn(weight), sn.u.clone()
+
+
+LIBRARY[checks.check_self_attention_2d] = library_block
+LIBRARY[checks.check_spectral_normalise] = library_spectral_normalise
+
+
+def name(check) -> str:
+    return check.__name__.removeprefix("check_")
+
+
+# ---------------------------------------------------------------------------------------------
+# Right answers pass, with one success line
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("check", list(RIGHT), ids=name)
+def test_a_right_answer_passes_with_one_line(check, capsys):
+    check(RIGHT[check])
+    out = capsys.readouterr().out
+    assert out.startswith(f"✅ {check.__name__} passed:")
+    assert out.count("\n") == 1
+
+
+@pytest.mark.parametrize("check", list(LIBRARY), ids=name)
+def test_the_library_passes(check, capsys):
+    check(LIBRARY[check])
+    assert f"✅ {check.__name__} passed" in capsys.readouterr().out
+
+
+def test_the_library_frechet_distance_passes_and_agrees_with_scipy(capsys):
+    metrics = pytest.importorskip("sagan_edu.metrics")
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    checks.check_frechet_distance(metrics.frechet_distance)
+    assert "✅ check_frechet_distance passed" in capsys.readouterr().out
+    gen = torch.Generator().manual_seed(0)
+    mixing = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+    a = torch.randn(50, 5, generator=gen, dtype=torch.float64) @ mixing
+    b = torch.randn(40, 5, generator=gen, dtype=torch.float64) + 0.3
+    cov_a, cov_b = (torch.cov(t.T).numpy() for t in (a, b))
+    by_scipy = (
+        ((a.mean(0) - b.mean(0)) ** 2).sum().item()
+        + (cov_a.trace() + cov_b.trace())
+        - 2 * scipy_linalg.sqrtm(cov_a @ cov_b).real.trace()
+    )
+    assert checks.reference_frechet_distance(a, b) == pytest.approx(by_scipy, rel=1e-9)
+    assert metrics.frechet_distance(a, b) == pytest.approx(by_scipy, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted wrong answers: each must fail with a message that names the mistake
+# ---------------------------------------------------------------------------------------------
+
+
+def scores(q, k, scale=None):
+    return q @ k.transpose(-2, -1) * (1 / math.sqrt(q.size(-1)) if scale is None else scale)
+
+
+def naive_softmax(s):
+    e = s.exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+def masked_with(fill, zero_empty_rows=False, after=False):
+    def wrong(q, k, v, mask):
+        s = scores(q, k)
+        if after:  # zero the forbidden weights after the softmax
+            w = torch.softmax(s, dim=-1) * mask
+        elif zero_empty_rows:  # an additive mask: gradients reach the scores of empty rows
+            w = torch.softmax(s + torch.zeros_like(s).masked_fill(~mask, fill), dim=-1)
+        else:
+            w = torch.softmax(s.masked_fill(~mask, fill), dim=-1)
+        if zero_empty_rows:  # right forward pass, but NaN flows backwards through the softmax
+            w = torch.where(mask.any(-1, keepdim=True), w, 0.0)
+        return w @ v, w
+
+    return wrong
+
+
+def block_with(**mistake):
+    return type("WrongBlock", (Block,), mistake)
+
+
+def sn_without_no_grad(weight, u, n_iterations=1):
+    w = weight.flatten(1)
+    for _ in range(n_iterations):
+        v = F.normalize(w.t() @ u, dim=0)
+        u = F.normalize(w @ v, dim=0)
+    return weight / torch.dot(u, w @ v), u
+
+
+def sn_unnormalised(weight, u, n_iterations=1):
+    w = weight.flatten(1)
+    with torch.no_grad():
+        for _ in range(n_iterations):
+            v = w.t() @ u
+            u = w @ v
+    return weight / torch.dot(u, w @ v), u
+
+
+def sn_without_flatten(weight, u, n_iterations=1):
+    with torch.no_grad():
+        for _ in range(n_iterations):
+            v = F.normalize(weight.t() @ u, dim=0)
+            u = F.normalize(weight @ v, dim=0)
+    return weight / torch.dot(u, weight @ v), u
+
+
+def d_step(detach=True, swap=False, zero_grad=True, own_noise=False, step=True, give_back=True):
+    def wrong(G, D, opt_d, real, z):
+        fake = G(torch.randn_like(z) if own_noise else z)
+        if detach:
+            fake = fake.detach()
+        r, f = D(real), D(fake)
+        loss = d_hinge_loss(f, r) if swap else d_hinge_loss(r, f)
+        if zero_grad:
+            opt_d.zero_grad()
+        loss.backward()
+        if step:
+            opt_d.step()
+        return loss if give_back else None
+
+    return wrong
+
+
+def g_step(detach=False, sign=-1.0, zero_grad=True, freeze=False, unfreeze=True):
+    def wrong(G, D, opt_g, z):
+        if freeze:
+            D.requires_grad_(False)
+        fake = G(z)
+        if detach:
+            fake = fake.detach()
+        loss = sign * D(fake).mean()
+        if zero_grad:
+            opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()
+        if freeze and unfreeze:
+            D.requires_grad_(True)
+        return loss
+
+    return wrong
+
+
+def ema_with(mix=None, buffers="copy", no_grad=True, in_place=True):
+    """An EMA update; mix(ema, model, decay) gives the new parameter value."""
+    mix = mix or (lambda e, p, d: d * e + (1 - d) * p)
+
+    def wrong(ema_model, model, decay):
+        with torch.no_grad() if no_grad else torch.enable_grad():
+            for e, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+                if in_place:
+                    e.copy_(mix(e, p, decay))
+                else:
+                    e = mix(e, p, decay)  # the mistake: rebinding the loop variable
+        with torch.no_grad():
+            for e, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+                if buffers == "copy":
+                    e.copy_(b)
+                elif buffers == "lerp":
+                    e.lerp_(b, 1 - decay)
+                elif buffers == "average floats":
+                    e.copy_(decay * e + (1 - decay) * b if e.is_floating_point() else b)
+
+    return wrong
+
+
+def fd_with(cov=lambda t: torch.cov(t.T), trace_sqrt=None, mean_term=None):
+    def wrong(a, b):
+        a, b = a.double(), b.double()
+        cov_a, cov_b = cov(a), cov(b)
+        ts = (trace_sqrt or (lambda x, y: torch.linalg.eigvals(x @ y).sqrt().real.sum()))(
+            cov_a, cov_b
+        )
+        diff = a.mean(0) - b.mean(0)
+        mean = (mean_term or (lambda d: (d**2).sum()))(diff)
+        return (mean + cov_a.trace() + cov_b.trace() - 2 * ts).item()
+
+    return wrong
+
+
+def sqrtm(m):
+    values, vectors = torch.linalg.eigh(m)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def query_map_with(column_major=False, column=False, mode="bilinear", normalise=True, scale=True):
+    def wrong(attention, feature_size, query, image_size=None):
+        H, W = feature_size
+        B, N, M = attention.shape
+        p = round(math.sqrt(N / M))
+        rows, cols = image_size or (H, W)
+        r, c = query
+        if scale:
+            r, c = r * H // rows, c * W // cols
+        n = c * H + r if column_major else r * W + c
+        row = attention[:, :, n] if column else attention[:, n]
+        grid = row.reshape(B, 1, H // p, W // p)
+        extra = {"align_corners": False} if mode == "bilinear" else {}
+        up = F.interpolate(grid, size=(rows, cols), mode=mode, **extra)[:, 0]
+        return up / up.sum(dim=(1, 2), keepdim=True) if normalise else up
+
+    return wrong
+
+
+W = checks  # shorter rows below
+WRONG = [
+    # 1a attention weights
+    (W.check_attention_weights, lambda q, k: torch.softmax(scores(q, k), dim=-2), "wrong axis"),
+    (
+        W.check_attention_weights,
+        lambda q, k: torch.softmax(scores(q, k, 1.0), -1),
+        "without the scaling",
+    ),
+    (
+        W.check_attention_weights,
+        lambda q, k: torch.softmax(scores(q, k, 1 / q.size(-1)), -1),
+        r"divided the scores by d",
+    ),
+    (W.check_attention_weights, lambda q, k: naive_softmax(scores(q, k)), "NaN or inf"),
+    (W.check_attention_weights, lambda q, k: torch.softmax(scores(k, q), -1), r"not k @ qᵀ"),
+    (
+        W.check_attention_weights,
+        lambda q, k: torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.size(-1)), -1),
+        r"k\.transpose\(-2, -1\)",
+    ),
+    (
+        W.check_attention_weights,
+        lambda q, k: attention_weights(q, k).float(),
+        "keep the inputs' dtype",
+    ),
+    (
+        W.check_attention_weights,
+        lambda q, k: attention_weights(q, k).detach(),
+        "cut off from autograd",
+    ),
+    (W.check_attention_weights, lambda q, k: None, "forget the `return`"),
+    # 1b scaled dot-product attention
+    (
+        W.check_scaled_dot_product_attention,
+        lambda q, k, v: attention_weights(q, k) @ v,
+        "should return two things",
+    ),
+    (
+        W.check_scaled_dot_product_attention,
+        lambda q, k, v: (
+            v.mean(-2, keepdim=True).expand(*q.shape[:-1], v.size(-1)),
+            attention_weights(q, k),
+        ),
+        "plain average",
+    ),
+    (
+        W.check_scaled_dot_product_attention,
+        lambda q, k, v: (
+            torch.softmax(scores(q, k, 1.0), -1) @ v,
+            torch.softmax(scores(q, k, 1.0), -1),
+        ),
+        "without the scaling",
+    ),
+    (
+        W.check_scaled_dot_product_attention,
+        lambda q, k, v: (torch.softmax(scores(q, k), -2) @ v, torch.softmax(scores(q, k), -2)),
+        "wrong axis",
+    ),
+    # 2 masks
+    (
+        W.check_masked_attention,
+        lambda q, k, v, m: masked_attention(q, k, v, ~m),
+        "True means 'may attend'",
+    ),
+    (W.check_masked_attention, masked_with(0.0), r"exp\(0\) = 1"),
+    (
+        W.check_masked_attention,
+        masked_with(float("-inf")),
+        "weights are NaN for queries whose mask row is all False",
+    ),
+    (W.check_masked_attention, masked_with(-1e9), "spreads them evenly"),
+    (W.check_masked_attention, masked_with(0.0, after=True), "after the softmax"),
+    (
+        W.check_masked_attention,
+        masked_with(float("-inf"), zero_empty_rows=True),
+        "gradient with respect to q contains NaN",
+    ),
+    (
+        W.check_masked_attention,
+        lambda q, k, v, m: scaled_dot_product_attention(q, k, v, m, scale=1.0),
+        "without the scaling",
+    ),
+    # 3 heads
+    (W.check_split_heads, lambda x, h: x.view(x.size(0), x.size(1), h, -1), r"transpose\(1, 2\)"),
+    (
+        W.check_split_heads,
+        lambda x, h: x.reshape(x.size(0), h, x.size(1), -1),
+        "cuts the sequence into chunks",
+    ),
+    (
+        W.check_split_heads,
+        lambda x, h: x.reshape(*x.shape[:2], -1, h).permute(0, 3, 1, 2),
+        "interleaved",
+    ),
+    (W.check_split_heads, lambda x, h: split_heads(x, h).detach(), "cut off from autograd"),
+    (
+        W.check_merge_heads,
+        lambda x: x.transpose(1, 2).view(x.size(0), x.size(2), -1),
+        r"\.view\(\) needs",
+    ),
+    (
+        W.check_merge_heads,
+        lambda x: x.reshape(x.size(0), x.size(2), -1),
+        "without moving the head axis back",
+    ),
+    (
+        W.check_merge_heads,
+        lambda x: x.permute(0, 2, 3, 1).reshape(x.size(0), x.size(2), -1),
+        "interleaves",
+    ),
+    # 4 the SAGAN block
+    (W.check_self_attention_2d, block_with(softmax_dim=1), "wrong axis"),
+    (
+        W.check_self_attention_2d,
+        block_with(pool_fn=staticmethod(lambda t, p: t)),
+        "one per position",
+    ),
+    (W.check_self_attention_2d, block_with(scale=True), "divided the scores by √d"),
+    (W.check_self_attention_2d, block_with(use_gamma=False), "multiply attention's output by γ"),
+    (W.check_self_attention_2d, block_with(residual=False), "add x back"),
+    (W.check_self_attention_2d, block_with(gamma_init=1.0), "γ starts at 1"),
+    (
+        W.check_self_attention_2d,
+        block_with(transpose_before_reshape=False),
+        r"transpose it to \(B, C/2, N\)",
+    ),
+    (W.check_self_attention_2d, block_with(pool_fn=staticmethod(F.avg_pool2d)), "average-pooled"),
+    (W.check_self_attention_2d, block_with(keys_first=True), r"softmax\(q @ kᵀ\) is \(B, N, M\)"),
+    (W.check_self_attention_2d, block_with(bias=True), "bias=False"),
+    (W.check_self_attention_2d, block_with(value_reduction=8), r"value C → C/2"),
+    # 5 spectral norm
+    (W.check_spectral_normalise, lambda w, u, n=1: (w / w.flatten(1).norm(), u), "Frobenius"),
+    (W.check_spectral_normalise, sn_without_no_grad, "through u and v"),
+    (
+        W.check_spectral_normalise,
+        lambda w, u, n=1: (spectral_normalise(w, u, n)[0], u),
+        "the u you were given",
+    ),
+    (W.check_spectral_normalise, sn_unnormalised, "your u has length"),
+    (W.check_spectral_normalise, sn_without_flatten, r"weight\.flatten\(1\)"),
+    (
+        W.check_spectral_normalise,
+        lambda w, u, n=1: (
+            w * (w / spectral_normalise(w, u, n)[0]).flatten()[0],
+            spectral_normalise(w, u, n)[1],
+        ),
+        "multiplied the weight by σ",
+    ),
+    # 6 hinge losses
+    (W.check_d_hinge_loss, lambda r, f: d_loss(f, r), "swapped real and fake"),
+    (W.check_d_hinge_loss, lambda r, f: (1 - r).mean() + (1 + f).mean(), "no relu"),
+    (
+        W.check_d_hinge_loss,
+        lambda r, f: F.relu(1 - r).sum() + F.relu(1 + f).sum(),
+        "summed over the batch",
+    ),
+    (W.check_d_hinge_loss, lambda r, f: F.relu(-r).mean() + F.relu(f).mean(), "margin is 0"),
+    (
+        W.check_d_hinge_loss,
+        lambda r, f: F.relu(1 - r).mean() + F.relu(1 - f).mean(),
+        r"relu\(1 \+ fake\)",
+    ),
+    (W.check_d_hinge_loss, lambda r, f: F.relu(1 - r) + F.relu(1 + f), "a single number"),
+    (W.check_g_hinge_loss, lambda f: f.mean(), "wrong sign"),
+    (W.check_g_hinge_loss, lambda f: F.relu(1 - f).mean(), "margin"),
+    (W.check_g_hinge_loss, lambda f: F.softplus(-f).mean(), "non-saturating"),
+    (W.check_g_hinge_loss, lambda f: -f.sum(), "summed over the batch"),
+    # 7 training steps
+    (W.check_discriminator_step, d_step(detach=False), "flowed back into G"),
+    (W.check_discriminator_step, d_step(swap=True), "swapped"),
+    (W.check_discriminator_step, d_step(zero_grad=False), r"zero_grad\(\)"),
+    (W.check_discriminator_step, d_step(own_noise=True), "not called with the z"),
+    (W.check_discriminator_step, d_step(step=False), "did not change"),
+    (W.check_discriminator_step, d_step(give_back=False), "forget the `return`"),
+    (W.check_generator_step, g_step(detach=True), "did not learn"),
+    (W.check_generator_step, g_step(detach=True, freeze=True), "do not detach the fakes"),
+    (W.check_generator_step, g_step(sign=1.0), "wrong sign"),
+    (W.check_generator_step, g_step(freeze=True, unfreeze=False), r"requires_grad_\(True\)"),
+    (W.check_generator_step, g_step(zero_grad=False), r"zero_grad\(\)"),
+    # 8 EMA
+    (W.check_update_ema, ema_with(mix=lambda e, p, d: (1 - d) * e + d * p), "swapped decay"),
+    (W.check_update_ema, ema_with(buffers="none"), "was not copied"),
+    (W.check_update_ema, ema_with(buffers="lerp"), "copy buffers, don't average"),
+    (W.check_update_ema, ema_with(buffers="average floats"), "averaged the buffer"),
+    (W.check_update_ema, ema_with(in_place=False), "did not change"),
+    (W.check_update_ema, ema_with(mix=lambda e, p, d: p), "average, don't copy"),
+    (
+        W.check_update_ema,
+        ema_with(mix=lambda e, p, d: e.lerp(p, 1 - d), no_grad=False),
+        r"torch\.no_grad",
+    ),
+    # 9 Fréchet distance
+    (W.check_frechet_distance, fd_with(trace_sqrt=lambda x, y: (x @ y).trace()), r"Tr\(Σ_a Σ_b\)"),
+    (W.check_frechet_distance, fd_with(cov=lambda t: torch.cov(t.T, correction=0)), "N − 1"),
+    (W.check_frechet_distance, fd_with(mean_term=lambda d: 0 * d.sum()), "mean term is missing"),
+    (W.check_frechet_distance, fd_with(mean_term=lambda d: d.norm()), "should be squared"),
+    (
+        W.check_frechet_distance,
+        fd_with(trace_sqrt=lambda x, y: (sqrtm(x) @ sqrtm(y)).trace()),
+        "commute",
+    ),
+    (W.check_frechet_distance, fd_with(cov=lambda t: torch.diag(t.var(0))), "only the variances"),
+    (
+        W.check_frechet_distance,
+        fd_with(trace_sqrt=lambda x, y: (x @ y).sqrt().trace()),
+        "entry by entry",
+    ),
+    # 10 where one query looks
+    (W.check_query_attention_map, query_map_with(column_major=True), "row by row"),
+    (W.check_query_attention_map, query_map_with(column=True), "column n of the attention"),
+    (W.check_query_attention_map, query_map_with(mode="nearest"), "nearest"),
+    (W.check_query_attention_map, query_map_with(normalise=False), "divide by the sum"),
+    (W.check_query_attention_map, query_map_with(scale=False), "image coordinates"),
+]
+
+
+@pytest.mark.parametrize(
+    "check, answer, message",
+    WRONG,
+    ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(WRONG)],
+)
+def test_a_wrong_answer_fails_and_says_why(check, answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        check(answer)
+
+
+def test_every_check_is_tested_on_right_and_wrong_answers():
+    all_checks = {getattr(checks, n) for n in checks.__all__ if n.startswith("check_")}
+    assert set(RIGHT) == all_checks
+    for check in all_checks:
+        planted = sum(c is check for c, _, _ in WRONG)
+        assert planted >= 2, f"{check.__name__} has only {planted} planted wrong answers"
+
+
+# ---------------------------------------------------------------------------------------------
+# Stubs, exceptions, random state
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("check", list(RIGHT), ids=name)
+def test_a_stubs_not_implemented_error_passes_through_unchanged(check):
+    error = NotImplementedError("Exercise: write me (hint: ...)")
+
+    def stub(*args, **kwargs):
+        raise error
+
+    with pytest.raises(NotImplementedError) as raised:
+        check(stub)
+    assert raised.value is error
+
+
+def test_other_errors_become_check_failures_that_say_where():
+    def broken(q, k):
+        raise KeyError("oops")
+
+    with pytest.raises(CheckFailed, match=r"raised KeyError.*\n.*called with: float32 tensor"):
+        checks.check_attention_weights(broken)
+
+
+def test_check_failed_is_an_assertion_error():
+    assert issubclass(CheckFailed, AssertionError)
+
+
+def test_checks_leave_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    checks.check_self_attention_2d(Block)
+    checks.check_generator_step(generator_step)
+    assert torch.equal(torch.rand(3), expected)
