@@ -38,8 +38,16 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def available() -> list[str]:
-    """Names of the shipped weight files, e.g. ['mnist5k-sagan32']."""
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+    """Names of the shipped GAN weight files, e.g. ['mnist5k-sagan32'].
+
+    (The weights folder also holds the metrics' feature network, which is not a GAN.)
+    """
+    names = []
+    for path in sorted(WEIGHTS_DIR.glob("*.safetensors")):
+        with safe_open(path, framework="pt") as f:
+            if "G_config" in (f.metadata() or {}):
+                names.append(path.stem)
+    return names
 
 
 def export_pretrained(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:

@@ -153,7 +153,7 @@ def plot_attention_maps(
 
     images (B, C, S, S) in [-1, 1]; attention (B, N, M) from a layer with `feature_size` (H, W).
     """
-    image = image_grid(images[index : index + 1], nrow=1)[2:-2, 2:-2]  # drop make_grid's border
+    image = image_grid(images[index : index + 1], nrow=1)  # one image: make_grid adds no border
     size = tuple(images.shape[-2:])
     fig, axes = plt.subplots(1, len(queries) + 1, figsize=(2.2 * (len(queries) + 1), 2.6))
     axes[0].imshow(image.numpy())

@@ -67,6 +67,9 @@ def test_figures_draw():
     attention = torch.softmax(torch.randn(4, 256, 64), -1)
     fig = plot_attention_maps(images, attention, (16, 16), [(0, 0), (31, 31), (10, 20)])
     assert len(fig.axes) == 4
+    # The sample and its overlay share the image's full 32×32 extent (no shifted crop).
+    shown = fig.axes[1].get_images()
+    assert [im.get_array().shape[:2] for im in shown] == [(32, 32), (32, 32)]
     history = {"step": [1.0, 2.0], "loss_d": [1.0, 0.9], "loss_g": [0.5, 0.6], "d_real": [0.1, 0.2],
                "d_fake": [-0.1, -0.2], "gamma/G/16x16": [0.0, 0.01]}  # fmt: skip
     assert len(plot_history(history).axes) == 2
