@@ -2,13 +2,20 @@
 
 Modules, one concept each:
 
-    attention   scaled dot-product attention, multi-head attention, the SAGAN block
-    models      Generator and Discriminator (DCGAN- and ResNet-style)
-    losses      hinge and non-saturating GAN losses
-    training    TrainConfig, Trainer and train(): the GAN training loop, checkpoints
-    data        datasets: embedded MNIST-5k, torchvision datasets, synthetic long-range data
-    viz         image grids, attention overlays, training curves (matplotlib)
-    cli         the `sagan-edu` command
+    attention      scaled dot-product attention, multi-head attention, the SAGAN block
+    spectral_norm  spectral normalisation by power iteration (float32)
+    models         Generator and Discriminator (DCGAN- and ResNet-style)
+    losses         hinge and non-saturating GAN losses
+    training       TrainConfig, Trainer and train(): the GAN training loop, checkpoints
+    data           datasets: embedded MNIST-5k, torchvision datasets, synthetic long-range data
+    metrics        Fréchet distance and KID in MNIST-classifier features, consistency
+    pretrained     the shipped weights (safetensors)
+    viz            image grids, attention overlays, training curves (matplotlib)
+    widgets        the attention explorers (ipywidgets)
+    sequence       toy sequence tasks and models for the attention notebooks
+    checks         the functions exercise cells call on a learner's code
+    course         what the notebooks share: setup cell, fast mode, Colab links
+    cli            the `sagan-edu` command
 """
 
 from sagan_edu.attention import MultiHeadAttention, SelfAttention2d, scaled_dot_product_attention
