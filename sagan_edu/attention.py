@@ -337,6 +337,9 @@ class SelfAttention2d(nn.Module):
         if return_attention:
             o, attention = scaled_dot_product_attention(q, k, v, scale=scale)  # (B, N, C/2)
         else:
+            # Flash attention (the only fused kernel on CPU) needs q, k and v equally wide.
+            # Zero-padding q and k to v's width leaves every dot product q·k unchanged.
+            q, k = _pad_last(q, v.size(-1)), _pad_last(k, v.size(-1))  # (B, N|M, C/2)
             # A head dim of 1 makes the inputs 4-D, which the fused kernels require.
             o = _fused_attention(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]
 
@@ -367,6 +370,11 @@ class SelfAttention2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, pool={self.pool}, scaled={self.scaled}"
+
+
+def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad the last dim of x to `width` (no copy when it is already that wide)."""
+    return F.pad(x, (0, width - x.size(-1))) if x.size(-1) < width else x
 
 
 def _positions_last(x: torch.Tensor) -> torch.Tensor:

@@ -461,3 +461,21 @@ def test_sagan_block_shapes_property(c_mult, h, w, pool, batch):
     y, attn = block(torch.randn(batch, C, H, W), return_attention=True)
     assert y.shape == (batch, C, H, W)
     assert attn.shape == (batch, H * W, (H // pool) * (W // pool))
+
+
+def test_sagan_block_fused_path_runs_flash_attention_not_the_math_fallback():
+    """With only the flash kernel allowed, the fused path must still run (forward and backward).
+
+    Flash needs q, k and v equally wide; SAGAN's q and k (C/8) are padded to v's width (C/2).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    block = SelfAttention2d(32).eval()  # eval: spectral norm's u, v stay fixed between calls
+    with torch.no_grad():
+        block.gamma.fill_(1.0)
+    x = torch.randn(2, 32, 8, 8, requires_grad=True)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        y = block(x)
+        y.sum().backward()
+    y_explicit, _ = block(x.detach(), return_attention=True)
+    torch.testing.assert_close(y, y_explicit, atol=1e-5, rtol=1e-4)
