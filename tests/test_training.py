@@ -130,7 +130,17 @@ def test_checkpoint_loads_with_weights_only_and_holds_everything(tmp_path):
     assert state["config"]["attention_at"] == (16,)
 
 
-def test_exact_resume_in_a_new_process(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Bit-for-bit comparisons need one CPU thread: some multi-threaded CPU kernels may sum in a
+    different order from run to run, which changes the last bits (not the training)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield {**os.environ, "OMP_NUM_THREADS": "1"}
+    torch.set_num_threads(threads)
+
+
+def test_exact_resume_in_a_new_process(tmp_path, one_thread):
     """N steps straight == N/2 steps, then a new process resuming for N/2 (bit for bit on CPU)."""
     straight = training.train(tiny_config(tmp_path / "a", steps=6, checkpoint_every=3))
 
@@ -143,7 +153,7 @@ def test_exact_resume_in_a_new_process(tmp_path):
         train(config)
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, env=one_thread)
     resumed = Trainer(replace(config, steps=6, resume=True))
 
     assert resumed.step_count == 6
