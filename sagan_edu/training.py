@@ -115,8 +115,10 @@ class TrainConfig:
 
 
 # Settings that may change when a run is resumed; everything else comes from the checkpoint.
+# The learning rates may change too: lowering them is the usual answer to a diverged run.
 RESUMABLE_OVERRIDES = (
     "steps", "out_dir", "log_every", "checkpoint_every", "device", "compile", "progress", "resume",
+    "lr_g", "lr_d",
 )  # fmt: skip
 
 
@@ -353,8 +355,8 @@ class Trainer:
                 )
                 raise TrainingDiverged(
                     f"Training diverged: {name} became {total} by step {self.step_count}. "
-                    f"{where}. Try lower learning rates (lr_d, lr_g), amp=False, or another "
-                    "seed, then resume from the checkpoint or start again."
+                    f"{where}. Resume from it with lower learning rates (lr_d, lr_g may change on "
+                    "resume), or start a new run with amp=False or another seed."
                 )
 
     # -- sampling -------------------------------------------------------------------------------
@@ -395,6 +397,10 @@ class Trainer:
         self.G_ema.load_state_dict(state["G_ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        # load_state_dict restores the saved learning rates; the config's may have been lowered.
+        for optimizer, lr in ((self.opt_g, self.config.lr_g), (self.opt_d, self.config.lr_d)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         self.scaler.load_state_dict(state["scaler"])
         self.data_rng.set_state(state["rng"]["data"])
         self.noise_rng.set_state(state["rng"]["noise"])

@@ -153,6 +153,7 @@ def plot_attention_maps(
 
     images (B, C, S, S) in [-1, 1]; attention (B, N, M) from a layer with `feature_size` (H, W).
     """
+    images, attention = images.detach().cpu(), attention.detach().cpu()  # GPU tensors welcome
     image = image_grid(images[index : index + 1], nrow=1)  # one image: make_grid adds no border
     size = tuple(images.shape[-2:])
     fig, axes = plt.subplots(1, len(queries) + 1, figsize=(2.2 * (len(queries) + 1), 2.6))

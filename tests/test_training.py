@@ -176,9 +176,12 @@ def test_resume_without_checkpoint_starts_fresh_and_warns_on_changed_settings(tm
     config = tiny_config(tmp_path, resume=True, steps=2)
     assert Trainer(config).step_count == 0  # nothing to resume yet
     training.train(config)
-    with pytest.warns(UserWarning, match=r"lr_d=0\.1"):
-        trainer = Trainer(replace(config, steps=4, lr_d=0.1))
-    assert trainer.config.lr_d == 4e-4 and trainer.config.steps == 4 and trainer.step_count == 2
+    with pytest.warns(UserWarning, match=r"n_dis=3"):
+        trainer = Trainer(replace(config, steps=4, n_dis=3, lr_d=1e-4))
+    assert trainer.config.n_dis == 1 and trainer.config.steps == 4 and trainer.step_count == 2
+    # Learning rates may change on resume (the answer to a diverged run), optimizer state kept.
+    assert trainer.config.lr_d == 1e-4 and trainer.opt_d.param_groups[0]["lr"] == 1e-4
+    assert trainer.opt_d.state_dict()["state"]
 
 
 def test_process_killed_during_checkpoint_write_leaves_previous_checkpoint(tmp_path):
@@ -234,7 +237,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
 
     trainer.d_loss_fn = loss_that_explodes
     with pytest.raises(
-        TrainingDiverged, match=r"loss_d became nan by step 4.*last good checkpoint"
+        TrainingDiverged, match=r"loss_d became nan by step 4.*last good checkpoint.*lower learning rates"
     ):
         trainer.fit()
     assert load_checkpoint(trainer.checkpoint_path)["step"] == 2
