@@ -1,0 +1,527 @@
+"""Does self-attention help? The SAGAN placement ablation, and D's overfitting on small data.
+
+The SAGAN paper's central ablation (Zhang et al., 2019, Table 1): on ImageNet 128×128, attention
+on the 32×32 and 64×64 feature maps improved FID from 22.96 (no attention) to about 18.3, while
+attention on 8×8 barely mattered. This script repeats the *direction* of that experiment at
+course scale: the same GAN with attention at no map, at 8×8, at 16×16 or at 32×32 (where the
+image size has such a map in both G and D), several seeds, the same number of steps, on
+
+    twin-shapes    the two halves must hold the same shape and colour (long-range structure)
+                   metric: long-range consistency of generated samples (1 = halves agree),
+                   next to the real-data references (real images; halves drawn independently)
+    mnist5k        real digits
+                   metrics: Fréchet distance and KID in MNIST-classifier features, against the
+                   1,000 held-out digits; class coverage and entropy of the predicted classes
+    local-shapes   the same drawing with independent halves: only local features matter
+                   metrics: consistency (should match real data, ~0.38, with or without
+                   attention) and the Fréchet distance in MNIST-classifier features of the
+                   images turned grey (a rough, clearly labelled quality measure, see below)
+
+Every run is one JSON record (config, seed, steps, parameter counts, metrics, wall time, device,
+versions, date) in OUT/ablation.json; OUT/ablation.md is the mean ± std table generated from it.
+
+    python benchmarks/ablation.py                                   # the default sweep
+    python benchmarks/ablation.py --datasets twin-shapes --attention none 16 --seeds 0 1 --steps 50
+    python benchmarks/ablation.py --skip-existing                   # resume an interrupted sweep
+    python benchmarks/ablation.py --table-only                      # rewrite ablation.md only
+    python benchmarks/ablation.py --overfitting                     # D(train) − D(held-out)
+
+The overfitting experiment trains on a random 500-image subset of mnist5k's training digits and
+records, every --every steps, the mean D output on those 500 training images and on 500 held-out
+digits. A growing gap D(train) − D(held-out) means D is memorising its training images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from sagan_edu.data import ImageDataset, load_dataset
+from sagan_edu.metrics import (
+    FD_NAME,
+    KID_NAME,
+    class_coverage,
+    class_histogram,
+    consistency,
+    consistency_reference,
+    fd_and_kid,
+    load_classifier,
+)
+from sagan_edu.models import discriminator_sizes, generator_sizes
+from sagan_edu.training import TrainConfig, Trainer
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DATASETS = ("twin-shapes", "mnist5k", "local-shapes")
+PLACEMENTS = ("none", "8", "16", "32")
+EVAL_SEED = 1234  # the noise the evaluation samples are drawn from: the same for every run
+GREY_FD_NAME = "Fréchet distance (MNIST classifier features, greyscale images)"
+CONSISTENCY_NAME = "consistency (mean over samples)"
+
+# Which metric the table shows per dataset, and whether lower is better.
+HEADLINE: dict[str, list[tuple[str, bool]]] = {
+    "twin-shapes": [(CONSISTENCY_NAME, False), (GREY_FD_NAME, True)],
+    "mnist5k": [(FD_NAME, True), (KID_NAME, True), ("classes covered", False)],
+    "local-shapes": [(CONSISTENCY_NAME, False), (GREY_FD_NAME, True)],
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument(
+        "--attention", nargs="+", choices=PLACEMENTS, default=list(PLACEMENTS),
+        help="feature-map sizes that get attention in G and D; 'none' is the baseline. "
+        "Sizes the image size does not have in both G and D are skipped with a note.",
+    )  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=400, help="generator steps per run")
+    parser.add_argument("--channels", type=int, default=16, help="base width of G and D")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--eval-samples", type=int, default=500, help="generated images scored")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for JSON and .md")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=None,
+        help="training outputs (checkpoints); default: a temporary folder, deleted afterwards",
+    )  # fmt: skip
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--skip-existing", action="store_true",
+        help="skip runs whose record (same dataset, placement, seed and settings) is already saved",
+    )  # fmt: skip
+    parser.add_argument(
+        "--table-only", action="store_true",
+        help="train nothing: rewrite ablation.md (with --overfitting: print its table)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overfitting", action="store_true",
+        help="run the discriminator-overfitting experiment instead of the sweep",
+    )  # fmt: skip
+    parser.add_argument("--subset", type=int, default=500, help="training images (--overfitting)")
+    parser.add_argument("--every", type=int, default=50, help="measure every k steps")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def attention_sizes(placement: str) -> tuple[int, ...]:
+    return () if placement == "none" else (int(placement),)
+
+
+def placement_fits(placement: str, img_size: int) -> bool:
+    """Attention goes in both G and D, so the map must exist in both (D has no full-size map)."""
+    sizes = attention_sizes(placement)
+    both = set(generator_sizes(img_size)) & set(discriminator_sizes(img_size))
+    return all(s in both for s in sizes)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def environment(device: torch.device) -> dict:
+    """Where a run happened: enough to tell whether two timings are comparable."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "device": f"{device.type}: {name or platform.machine()}",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def save_json(obj: object, path: Path) -> None:
+    """Write to a temporary file, then rename: an interrupted sweep never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_json(path: Path, empty: dict) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else empty
+
+
+def grey(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) colour -> (B, 1, H, W): the mean of the channels, still in [-1, 1]."""
+    return images.mean(dim=1, keepdim=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: what each dataset is scored on
+# ---------------------------------------------------------------------------------------------
+
+
+def held_out_images(dataset: str, n: int, img_size: int, seed: int = 0) -> torch.Tensor:
+    """Real images no run trained on (mnist5k has 1,000 of them; synthetic data has any n)."""
+    if dataset == "mnist5k":
+        n = min(n, 1000)  # a random subset: the split is sorted by digit, so never the first n
+    return load_dataset(dataset, train=False, img_size=img_size, length=n, seed=seed).images
+
+
+@torch.no_grad()
+def evaluate(samples: torch.Tensor, dataset: str, real: torch.Tensor) -> dict[str, float]:
+    """The metrics of one run's samples (B, C, H, W), against held-out real images `real`.
+
+    For the shape datasets the quality measure is the Fréchet distance between greyscale images
+    in the MNIST classifier's feature space. That network never saw a shape, so the number is
+    only a rough "do these look like the real images" score; the real-vs-real value in the
+    references says how low it can go with this many samples.
+    """
+    samples, real = samples.cpu(), real.cpu()
+    classifier = load_classifier()
+    if dataset == "mnist5k":
+        metrics = fd_and_kid(real, samples, classifier)
+        coverage = class_coverage(class_histogram(samples, classifier))
+        metrics["classes covered"] = coverage["covered"]
+        metrics["class entropy"] = coverage["entropy"]
+        return metrics
+    scores = consistency(samples, dataset)
+    fd = fd_and_kid(grey(real), grey(samples), classifier)[FD_NAME]
+    return {CONSISTENCY_NAME: scores["mean"], "consistency std over samples": scores["std"],
+            GREY_FD_NAME: fd}  # fmt: skip
+
+
+def references(dataset: str, n: int, img_size: int) -> dict[str, float]:
+    """What real data scores: the numbers a perfect generator would reach."""
+    if dataset == "mnist5k":
+        # Two random halves of the 1,000 held-out digits against each other: about the floor.
+        digits = load_dataset("mnist5k", train=False, img_size=img_size).images
+        shuffled = digits[torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))]
+        half = len(digits) // 2
+        fd = fd_and_kid(shuffled[:half], shuffled[half:])
+        return {f"real vs real ({half} vs {half}): {FD_NAME}": fd[FD_NAME],
+                f"real vs real ({half} vs {half}): {KID_NAME}": fd[KID_NAME]}  # fmt: skip
+    ref = consistency_reference(dataset, n=n, img_size=img_size)
+    real_a = held_out_images(dataset, n, img_size, seed=0)
+    real_b = held_out_images(dataset, n, img_size, seed=1)
+    return {
+        "consistency, real images": ref["real"],
+        "consistency, halves drawn independently (ignores long range)": ref["ignores_long_range"],
+        f"real vs real: {GREY_FD_NAME}": fd_and_kid(grey(real_a), grey(real_b))[FD_NAME],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+# ---------------------------------------------------------------------------------------------
+
+
+def run_key(record: dict) -> tuple:
+    """Two records describe the same run when all of these agree."""
+    c = record["config"]
+    return (record["dataset"], record["placement"], record["seed"], record["steps"],
+            c["g_channels"], c["batch_size"], c["img_size"], record["eval_samples"])  # fmt: skip
+
+
+def make_config(args: argparse.Namespace, dataset: str, placement: str, seed: int,
+                out_dir: Path) -> TrainConfig:  # fmt: skip
+    return TrainConfig(
+        dataset=dataset, img_size=args.img_size, attention_at=attention_sizes(placement),
+        g_channels=args.channels, d_channels=args.channels, batch_size=args.batch,
+        steps=args.steps, seed=seed, device=args.device, out_dir=str(out_dir),
+        log_every=max(1, min(50, args.steps)), checkpoint_every=args.steps, progress=False,
+    )  # fmt: skip
+
+
+def run_one(args: argparse.Namespace, dataset: str, placement: str, seed: int,
+            real: torch.Tensor, runs_dir: Path) -> dict:  # fmt: skip
+    """Train one GAN, score its EMA generator's samples, and return the run's record."""
+    out_dir = runs_dir / f"{dataset}-att{placement}-s{seed}"
+    config = make_config(args, dataset, placement, seed, out_dir)
+    start = time.perf_counter()
+    trainer = Trainer(config)
+    trainer.fit()
+    train_time = time.perf_counter() - start
+    samples = trainer.sample(args.eval_samples, seed=EVAL_SEED)
+    metrics = evaluate(samples, dataset, real)
+    return {
+        "dataset": dataset,
+        "placement": placement,
+        "attention_at": list(config.attention_at),
+        "seed": seed,
+        "steps": config.steps,
+        "eval_samples": args.eval_samples,
+        "params": {"G": count_parameters(trainer.G), "D": count_parameters(trainer.D)},
+        "metrics": metrics,
+        "final_losses": {k: trainer.history[k][-1] for k in ("loss_d", "loss_g")},
+        "train_time_s": round(train_time, 1),
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "config": asdict(config),
+        "command": args.command,
+        **environment(trainer.device),
+    }
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    """Every dataset × placement × seed, saving the JSON after each run (so a sweep resumes)."""
+    path = args.out / "ablation.json"
+    results = load_json(path, {"runs": [], "references": {}, "skipped": []})
+    done = {run_key(r) for r in results["runs"]}
+    runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="ablation-"))
+    for dataset in args.datasets:
+        real = held_out_images(dataset, args.eval_samples, args.img_size)
+        ref_key = f"{dataset} @ {args.img_size}px, n={args.eval_samples}"
+        if ref_key not in results["references"]:
+            results["references"][ref_key] = references(dataset, args.eval_samples, args.img_size)
+        for placement in args.attention:
+            if not placement_fits(placement, args.img_size):
+                note = (
+                    f"attention at {placement}: a {args.img_size}px discriminator has no "
+                    f"{placement}×{placement} map (it needs img_size ≥ {2 * int(placement)})"
+                )
+                print("skipped", note, flush=True)  # fmt: skip
+                if note not in results["skipped"]:
+                    results["skipped"].append(note)
+                continue
+            for seed in args.seeds:
+                probe = {"dataset": dataset, "placement": placement, "seed": seed,
+                         "steps": args.steps, "eval_samples": args.eval_samples,
+                         "config": {"g_channels": args.channels, "batch_size": args.batch,
+                                    "img_size": args.img_size}}  # fmt: skip
+                if args.skip_existing and run_key(probe) in done:
+                    print(f"exists: {dataset} attention={placement} seed={seed}", flush=True)
+                    continue
+                record = run_one(args, dataset, placement, seed, real, runs_dir)
+                # A rerun replaces the old record of the same run instead of doubling it.
+                results["runs"] = [r for r in results["runs"] if run_key(r) != run_key(record)]
+                results["runs"].append(record)
+                done.add(run_key(record))
+                save_json(results, path)
+                took = f"{record['wall_time_s']:.0f}s"
+                print(f"done: {dataset} attention={placement} seed={seed} {took} "
+                      f"{short(record['metrics'])}", flush=True)  # fmt: skip
+    save_json(results, path)
+    return results
+
+
+def short(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k.split(' (')[0]}={v:.3g}" for k, v in metrics.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3g} (1 seed)"
+    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+
+
+def group_runs(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs grouped by everything but the seed, in a stable order."""
+    groups: dict[tuple, list[dict]] = {}
+    order = {d: i for i, d in enumerate(DATASETS)}
+    for r in sorted(
+        runs,
+        key=lambda r: (
+            order.get(r["dataset"], 99),
+            r["steps"],
+            r["placement"] != "none",
+            int(r["placement"]) if r["placement"] != "none" else 0,
+        ),
+    ):
+        c = r["config"]
+        key = (r["dataset"], r["placement"], r["steps"], c["g_channels"], c["batch_size"],
+               c["img_size"])  # fmt: skip
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def table(results: dict) -> str:
+    """The Markdown table: one row per dataset × placement × settings, mean ± std over seeds."""
+    lines = [
+        "# Does attention help? Ablation results",
+        "",
+        "Generated by `benchmarks/ablation.py` from `ablation.json` (do not edit by hand). "
+        "Mean ± standard deviation over seeds. Lower is better for distances, higher for "
+        "consistency and coverage. Distances use an MNIST classifier's features, not Inception: "
+        "they are not comparable with published FIDs. `train s/run` is the wall time of "
+        "training on whatever machine ran it, shared or not: a rough cost, not a benchmark.",
+        "",
+    ]
+    for dataset in DATASETS:
+        groups = {k: v for k, v in group_runs(results["runs"]).items() if k[0] == dataset}
+        if not groups:
+            continue
+        names = [name for name, _ in HEADLINE[dataset]]
+        lines += [f"## {dataset}", ""]
+        lines.append("| attention at | steps | ch | batch | seeds | params G / D | "
+                     + " | ".join(names) + " | train s/run |")  # fmt: skip
+        lines.append("|" + " --- |" * (7 + len(names)))
+        for (_, placement, steps, ch, batch, _size), runs in groups.items():
+            cells = [mean_std([r["metrics"][n] for r in runs]) for n in names]
+            params = f"{runs[0]['params']['G']:,} / {runs[0]['params']['D']:,}"
+            seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+            time_s = statistics.mean(r["train_time_s"] for r in runs)
+            label = "none" if placement == "none" else f"{placement}×{placement}"
+            lines.append(f"| {label} | {steps} | {ch} | {batch} | {seeds} | {params} | "
+                         + " | ".join(cells) + f" | {time_s:.0f} |")  # fmt: skip
+        refs = {k: v for k, v in results["references"].items() if k.startswith(dataset + " @")}
+        for where, values in refs.items():
+            lines += ["", f"Real-data references ({where}):", ""]
+            lines += [f"- {name}: {value:.3g}" for name, value in values.items()]
+        lines.append("")
+    if results.get("skipped"):
+        lines += ["## Not run", ""] + [f"- {note}" for note in results["skipped"]] + [""]
+    envs = sorted({(r["device"], r["torch"]) for r in results["runs"]})
+    dates = sorted(r["date"] for r in results["runs"])
+    if envs:
+        lines += ["## Where", ""]
+        lines += [f"- device {d}, torch {t}" for d, t in envs]
+        lines += [f"- runs from {dates[0]} to {dates[-1]}"]
+        commands = sorted({r["command"] for r in results["runs"] if "command" in r})
+        lines += [f"- `{c}`" for c in commands] + [""]
+    return "\n".join(lines)
+
+
+def write_table(results: dict, out: Path) -> str:
+    text = table(results)
+    (out / "ablation.md").write_text(text, encoding="utf-8")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# The discriminator-overfitting experiment
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def mean_d_output(trainer: Trainer, images: torch.Tensor) -> float:
+    """D's mean logit on images, without changing D (eval: spectral norm's u stays put)."""
+    trainer.D.eval()
+    logits = torch.cat([trainer.D(chunk.to(trainer.device)) for chunk in images.split(250)])
+    trainer.D.train()
+    return logits.float().mean().item()
+
+
+def overfit_one(args: argparse.Namespace, placement: str, seed: int, runs_dir: Path) -> dict:
+    """Train on a small random subset of mnist5k; record D(train) and D(held-out) every k steps."""
+    config = make_config(
+        args, "mnist5k", placement, seed, runs_dir / f"overfit-att{placement}-s{seed}"
+    )
+    trainer = Trainer(config)
+    # A random subset, not the first images: mnist5k's training split is sorted by digit.
+    subset = load_dataset("mnist5k", train=True, img_size=args.img_size, length=args.subset,
+                          seed=seed)  # fmt: skip
+    trainer.dataset = ImageDataset(subset.images, subset.labels, "mnist5k-subset", 10)
+    held_out = held_out_images("mnist5k", args.subset, args.img_size)
+    curve: dict[str, list[float]] = {"step": [], "d_train": [], "d_held_out": [], "gap": []}
+    start = time.perf_counter()
+    while True:
+        if trainer.step_count % args.every == 0 or trainer.step_count == args.steps:
+            d_train = mean_d_output(trainer, trainer.dataset.images)
+            d_held = mean_d_output(trainer, held_out)
+            for name, value in (("step", trainer.step_count), ("d_train", d_train),
+                                ("d_held_out", d_held), ("gap", d_train - d_held)):  # fmt: skip
+                curve[name].append(value)
+        if trainer.step_count == args.steps:
+            break
+        trainer.step()
+    return {
+        "dataset": f"mnist5k, {args.subset} random training images (seed {seed})",
+        "placement": placement,
+        "attention_at": list(config.attention_at),
+        "seed": seed,
+        "steps": args.steps,
+        "params": {"G": count_parameters(trainer.G), "D": count_parameters(trainer.D)},
+        "curve": curve,
+        "final_gap": curve["gap"][-1],
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "config": asdict(config),
+        "command": args.command,
+        **environment(trainer.device),
+    }
+
+
+def overfit_key(record: dict) -> tuple:
+    return (record["placement"], record["seed"], record["steps"], record["config"]["g_channels"])
+
+
+def overfitting(args: argparse.Namespace) -> dict:
+    path = args.out / "overfitting.json"
+    results = load_json(path, {"runs": []})
+    runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="overfitting-"))
+    placements = [p for p in args.attention if placement_fits(p, args.img_size)]
+    for placement in placements:
+        for seed in args.seeds:
+            wanted = (placement, seed, args.steps, args.channels)
+            same = [r for r in results["runs"] if overfit_key(r) == wanted]
+            if args.skip_existing and same:
+                print(f"exists: overfitting attention={placement} seed={seed}", flush=True)
+                continue
+            record = overfit_one(args, placement, seed, runs_dir)
+            results["runs"] = [r for r in results["runs"] if r not in same] + [record]
+            save_json(results, path)
+            gap, took = record["final_gap"], record["wall_time_s"]
+            print(f"done: overfitting attention={placement} seed={seed} gap={gap:.3f} {took:.0f}s",
+                  flush=True)  # fmt: skip
+    return results
+
+
+def overfitting_table(results: dict) -> str:
+    lines = [
+        "| attention at | steps | seeds | final D(train) − D(held-out) |",
+        "| --- | --- | --- | --- |",
+    ]
+    by_placement: dict[tuple, list[dict]] = {}
+    for r in results["runs"]:
+        by_placement.setdefault((r["placement"], r["steps"]), []).append(r)
+    for (placement, steps), runs in by_placement.items():
+        gaps = [r["final_gap"] for r in runs]
+        lines.append(f"| {placement} | {steps} | {len(runs)} | {mean_std(gaps)} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Recorded with every run, so the results say exactly how they were made.
+    args.command = "python benchmarks/ablation.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.overfitting:
+        if args.table_only:
+            results = load_json(args.out / "overfitting.json", {"runs": []})
+        else:
+            results = overfitting(args)
+        print(overfitting_table(results))
+        return 0
+    if args.table_only:
+        results = load_json(args.out / "ablation.json", {"runs": [], "references": {}})
+    else:
+        results = sweep(args)
+    print(write_table(results, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
