@@ -125,11 +125,7 @@ def query_attention_map(
     """
     H, W = feature_size
     B, N, M = attention.shape
-    if N != H * W:
-        raise ValueError(f"attention has {N} query rows but feature_size {H}×{W} has {H * W}")
-    pool = round((N / M) ** 0.5)
-    if (H // pool) * (W // pool) != M:
-        raise ValueError(f"cannot lay {M} keys on a grid pooled from {H}×{W}")
+    pool = _pool_factor(N, M, (H, W))
     rows, cols = image_size or (H, W)
     r, c = query
     if not (0 <= r < rows and 0 <= c < cols):
@@ -139,6 +135,17 @@ def query_attention_map(
     upsampled = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False)
     upsampled = upsampled[:, 0]
     return upsampled / upsampled.sum(dim=(1, 2), keepdim=True)
+
+
+def _pool_factor(N: int, M: int, feature_size: tuple[int, int]) -> int:
+    """How much a layer pooled its keys: N queries and M keys on an H×W map give pool."""
+    H, W = feature_size
+    if N != H * W:
+        raise ValueError(f"attention has {N} query rows but feature_size {H}×{W} has {H * W}")
+    pool = round((N / M) ** 0.5)
+    if (H // pool) * (W // pool) != M:
+        raise ValueError(f"cannot lay {M} keys on a grid pooled from {H}×{W}")
+    return pool
 
 
 def plot_attention_maps(
@@ -310,11 +317,7 @@ def mean_attention_distance(
     """
     H, W = feature_size
     N, M = attention.shape[-2:]
-    if N != H * W:
-        raise ValueError(f"attention has {N} query rows but feature_size {H}×{W} has {H * W}")
-    pool = round((N / M) ** 0.5)
-    if (H // pool) * (W // pool) != M:
-        raise ValueError(f"cannot lay {M} keys on a grid pooled from {H}×{W}")
+    pool = _pool_factor(N, M, (H, W))
     rows, cols = image_size or (H, W)
     cell_h, cell_w = rows / H, cols / W  # image pixels per feature-map cell
     queries = _cell_centres(H, W, cell_h, cell_w)  # (N, 2)
