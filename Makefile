@@ -9,8 +9,12 @@ CHROMIUM := /usr/bin/chromium
 
 .PHONY: lab test demo pretrained notebooks exercises lint venv chromium clean
 
+# Opens the first notebook with the whole repository in the file browser (notebooks/, exercises/,
+# solutions/). Jupyter refuses to run as root without --allow-root (containers, some VMs).
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) \
+	  --LabApp.default_url=/lab/tree/notebooks/00_start_here.ipynb \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP) chromium
 	$(PY) -m ruff check .
