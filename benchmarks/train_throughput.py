@@ -13,7 +13,7 @@ Variants, each on top of the one before:
     compile-fp32               float32 + torch.compile (the CPU's compiled variant)
 
 AMP is off on CPU (the Trainer never enables it there), so on CPU the AMP variants are reported
-as "GPU only". channels_last is done here, in the benchmark: the Trainer has no flag for it.
+as "GPU only". channels_last is TrainConfig's flag of that name.
 
     python benchmarks/train_throughput.py                      # GPU if there is one, else CPU
     python benchmarks/train_throughput.py --device cpu --img-sizes 32 --batch 16 --steps 3
@@ -98,38 +98,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# ---------------------------------------------------------------------------------------------
-# channels_last: done here because TrainConfig has no flag for it
-# ---------------------------------------------------------------------------------------------
-
-
-class ChannelsLastTrainer(Trainer):
-    """A Trainer whose models and real batches use the channels_last (NHWC) memory layout.
-
-    Tensor cores want the channels of a pixel next to each other in memory; with the default
-    NCHW layout cuDNN must transpose around every convolution under AMP.
-    """
-
-    def __init__(self, config: TrainConfig):
-        super().__init__(config)
-        # In place: the optimizers keep pointing at the same parameters. torch.compile wraps the
-        # modules lazily, at their first call, so it sees the converted weights.
-        for model in (self.G, self.D, self.G_ema):
-            model.to(memory_format=torch.channels_last)
-
-    def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        images, labels = super()._real_batch()
-        return images.contiguous(memory_format=torch.channels_last), labels
-
-
 def make_trainer(img_size: int, batch: int, variant: str, args, out_dir: str) -> Trainer:
     amp, channels_last, compile_ = VARIANTS[variant]
     config = TrainConfig(
         dataset=args.dataset, img_size=img_size, attention_at=(img_size // 2,),
         g_channels=args.channels, d_channels=args.channels, batch_size=batch,
-        amp=amp, compile=compile_, device=args.device, progress=False, out_dir=out_dir,
+        amp=amp, compile=compile_, channels_last=channels_last, device=args.device,
+        progress=False, out_dir=out_dir,
     )  # fmt: skip
-    return (ChannelsLastTrainer if channels_last else Trainer)(config)
+    return Trainer(config)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     amp: bool = True  # mixed precision where the device supports it (never on CPU)
     compile: bool = False  # torch.compile G and D (faster on GPU after a slow first step)
+    channels_last: bool = False  # NHWC memory layout: what tensor cores want under AMP (GPU)
     device: str = "auto"  # "auto" (CUDA if available, else CPU), "cuda", "cpu", "mps"
     seed: int = 0
     # bookkeeping
@@ -118,7 +119,7 @@ class TrainConfig:
 # The learning rates may change too: lowering them is the usual answer to a diverged run.
 RESUMABLE_OVERRIDES = (
     "steps", "out_dir", "log_every", "checkpoint_every", "device", "compile", "progress", "resume",
-    "lr_g", "lr_d",
+    "lr_g", "lr_d", "channels_last",
 )  # fmt: skip
 
 
@@ -169,6 +170,11 @@ class Trainer:
             base_channels=config.d_channels, attention_at=config.attention_at,
             num_classes=self.num_classes, arch=config.arch,
         ).to(self.device)  # fmt: skip
+        if config.channels_last:
+            # In place, before the optimizers see the parameters: each pixel's channels sit next
+            # to each other in memory, so cuDNN need not transpose around every convolution.
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=config.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=config.betas)
@@ -249,6 +255,8 @@ class Trainer:
         index = self._shard(torch.randint(len(self.dataset), (n,), generator=self.data_rng))
         images, labels = self.dataset.images[index], self.dataset.labels[index]
         images = images.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(self.device, non_blocking=True) if self.num_classes else None
         return images, labels
 

@@ -98,6 +98,16 @@ def test_mixed_precision_path_runs_on_cpu_with_bf16(tmp_path, monkeypatch):
         assert layer.query.weight.dtype == torch.float32  # spectral norm computed in float32
 
 
+def test_channels_last_layout_trains_and_matches_the_default_layout(tmp_path):
+    """channels_last changes only the memory layout: the same numbers, up to rounding."""
+    default = training.train(tiny_config(tmp_path / "a", steps=2))
+    nhwc = training.train(tiny_config(tmp_path / "b", steps=2, channels_last=True))
+    conv = nhwc.G.blocks[0].conv.parametrizations.weight.original
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(default.G.parameters(), nhwc.G.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
 def test_update_ema_matches_formula():
     torch.manual_seed(0)
     model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
