@@ -412,12 +412,7 @@ def generate_with_attention(
     y = None
     if generator.num_classes is not None:
         y = torch.tensor([0 if label is None else label], device=device)
-    was_training = generator.training
-    generator.eval()
-    try:
-        image, maps = collect_attention(generator, z, y)
-    finally:
-        generator.train(was_training)
+    image, maps = _collect_in_eval_mode(generator, z, y)
     return image.float(), maps
 
 
@@ -430,13 +425,20 @@ def discriminator_attention(
     y = None
     if discriminator.num_classes is not None:
         y = torch.tensor([0 if label is None else label], device=device)
-    was_training = discriminator.training
-    discriminator.eval()
-    try:
-        _, maps = collect_attention(discriminator, image.to(device), y)
-    finally:
-        discriminator.train(was_training)
+    _, maps = _collect_in_eval_mode(discriminator, image.to(device), y)
     return maps
+
+
+def _collect_in_eval_mode(
+    model: nn.Module, *inputs: torch.Tensor | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """collect_attention in eval mode (BatchNorm stats and spectral norm frozen), then restore."""
+    was_training = model.training
+    model.eval()
+    try:
+        return collect_attention(model, *inputs)
+    finally:
+        model.train(was_training)
 
 
 @dataclass
