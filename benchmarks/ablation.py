@@ -34,7 +34,9 @@ digits. A growing gap D(train) − D(held-out) means D is memorising its trainin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -42,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -65,6 +68,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DATASETS = ("twin-shapes", "mnist5k", "local-shapes")
 PLACEMENTS = ("none", "8", "16", "32")
 EVAL_SEED = 1234  # the noise the evaluation samples are drawn from: the same for every run
+EMPTY_ABLATION = {"runs": [], "references": {}, "skipped": []}
 GREY_FD_NAME = "Fréchet distance (MNIST classifier features, greyscale images)"
 CONSISTENCY_NAME = "consistency (mean over samples)"
 
@@ -163,6 +167,21 @@ def save_json(obj: object, path: Path) -> None:
 
 def load_json(path: Path, empty: dict) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else empty
+
+
+@contextlib.contextmanager
+def locked_json(path: Path, empty: dict) -> Iterator[dict]:
+    """The file's contents, to change in a `with` block; written back when the block ends.
+
+    An exclusive lock is held throughout, so sweeps running side by side never overwrite each
+    other's records.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+        results = load_json(path, empty)
+        yield results
+        save_json(results, path)
 
 
 def grey(images: torch.Tensor) -> torch.Tensor:
@@ -277,16 +296,21 @@ def run_one(args: argparse.Namespace, dataset: str, placement: str, seed: int,
 
 
 def sweep(args: argparse.Namespace) -> dict:
-    """Every dataset × placement × seed, saving the JSON after each run (so a sweep resumes)."""
+    """Every dataset × placement × seed, saving the JSON after each run (so a sweep resumes).
+
+    Each save re-reads the file under a lock and adds to it, so two sweeps over different
+    datasets or seeds may run at once (one per core) and write into the same ablation.json.
+    """
     path = args.out / "ablation.json"
-    results = load_json(path, {"runs": [], "references": {}, "skipped": []})
-    done = {run_key(r) for r in results["runs"]}
+    done = {run_key(r) for r in load_json(path, EMPTY_ABLATION)["runs"]}
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="ablation-"))
     for dataset in args.datasets:
         real = held_out_images(dataset, args.eval_samples, args.img_size)
         ref_key = f"{dataset} @ {args.img_size}px, n={args.eval_samples}"
-        if ref_key not in results["references"]:
-            results["references"][ref_key] = references(dataset, args.eval_samples, args.img_size)
+        if ref_key not in load_json(path, EMPTY_ABLATION)["references"]:
+            refs = references(dataset, args.eval_samples, args.img_size)
+            with locked_json(path, EMPTY_ABLATION) as results:
+                results["references"][ref_key] = refs
         for placement in args.attention:
             if not placement_fits(placement, args.img_size):
                 note = (
@@ -294,8 +318,9 @@ def sweep(args: argparse.Namespace) -> dict:
                     f"{placement}×{placement} map (it needs img_size ≥ {2 * int(placement)})"
                 )
                 print("skipped", note, flush=True)  # fmt: skip
-                if note not in results["skipped"]:
-                    results["skipped"].append(note)
+                with locked_json(path, EMPTY_ABLATION) as results:
+                    if note not in results["skipped"]:
+                        results["skipped"].append(note)
                 continue
             for seed in args.seeds:
                 probe = {"dataset": dataset, "placement": placement, "seed": seed,
@@ -306,16 +331,18 @@ def sweep(args: argparse.Namespace) -> dict:
                     print(f"exists: {dataset} attention={placement} seed={seed}", flush=True)
                     continue
                 record = run_one(args, dataset, placement, seed, real, runs_dir)
-                # A rerun replaces the old record of the same run instead of doubling it.
-                results["runs"] = [r for r in results["runs"] if run_key(r) != run_key(record)]
-                results["runs"].append(record)
+                with locked_json(path, EMPTY_ABLATION) as results:
+                    replace_run(results, record, run_key)
                 done.add(run_key(record))
-                save_json(results, path)
                 took = f"{record['wall_time_s']:.0f}s"
                 print(f"done: {dataset} attention={placement} seed={seed} {took} "
                       f"{short(record['metrics'])}", flush=True)  # fmt: skip
-    save_json(results, path)
-    return results
+    return load_json(path, EMPTY_ABLATION)
+
+
+def replace_run(results: dict, record: dict, key: Callable[[dict], tuple]) -> None:
+    """Add `record`; a rerun replaces the old record of the same run instead of doubling it."""
+    results["runs"] = [r for r in results["runs"] if key(r) != key(record)] + [record]
 
 
 def short(metrics: dict[str, float]) -> str:
@@ -465,23 +492,22 @@ def overfit_key(record: dict) -> tuple:
 
 def overfitting(args: argparse.Namespace) -> dict:
     path = args.out / "overfitting.json"
-    results = load_json(path, {"runs": []})
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="overfitting-"))
     placements = [p for p in args.attention if placement_fits(p, args.img_size)]
     for placement in placements:
         for seed in args.seeds:
             wanted = (placement, seed, args.steps, args.channels)
-            same = [r for r in results["runs"] if overfit_key(r) == wanted]
-            if args.skip_existing and same:
+            saved = load_json(path, {"runs": []})["runs"]
+            if args.skip_existing and any(overfit_key(r) == wanted for r in saved):
                 print(f"exists: overfitting attention={placement} seed={seed}", flush=True)
                 continue
             record = overfit_one(args, placement, seed, runs_dir)
-            results["runs"] = [r for r in results["runs"] if r not in same] + [record]
-            save_json(results, path)
+            with locked_json(path, {"runs": []}) as results:
+                replace_run(results, record, overfit_key)
             gap, took = record["final_gap"], record["wall_time_s"]
             print(f"done: overfitting attention={placement} seed={seed} gap={gap:.3f} {took:.0f}s",
                   flush=True)  # fmt: skip
-    return results
+    return load_json(path, {"runs": []})
 
 
 def overfitting_table(results: dict) -> str:
