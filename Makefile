@@ -25,14 +25,13 @@ test: $(STAMP) chromium
 demo: $(STAMP)
 	$(VENV)/bin/sagan-edu train --dataset mnist5k --steps 1500 --log-every 100 --out runs/demo
 
-# Rebuild the shipped weights: the metrics' MNIST feature network, and the demo's SAGAN training
-# exported as safetensors; then record their checksums (a test compares them).
+# Rebuild the shipped weights: the metrics' MNIST feature network, then the four GANs of
+# sagan_edu.pretrained.RECIPES (MNIST and twin-shapes, with and without attention), exported in
+# float16; then their checksums (a test compares them). One set alone:
+# `.venv/bin/python tools/make_pretrained.py twin-shapes-sagan32`. About an hour on 2 CPU cores.
 pretrained: $(STAMP)
 	$(VENV)/bin/sagan-edu train-classifier --out sagan_edu/weights/mnist5k-classifier.safetensors
-	$(VENV)/bin/sagan-edu train --dataset mnist5k --steps 1500 --log-every 100 --out runs/pretrained
-	$(VENV)/bin/sagan-edu export --checkpoint runs/pretrained/checkpoint.pt \
-	  --out sagan_edu/weights/mnist5k-sagan32.safetensors
-	cd sagan_edu/weights && sha256sum *.safetensors > SHA256SUMS
+	$(PY) tools/make_pretrained.py --all
 
 # Rewrite every notebook's Colab badge and setup cell from pyproject.toml's repository URL.
 notebooks: $(STAMP)

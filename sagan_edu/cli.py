@@ -2,7 +2,7 @@
 
     sagan-edu train --dataset mnist5k --steps 2000 --out runs/mnist [--resume] [--attention-at 16]
     sagan-edu sample --checkpoint runs/mnist/checkpoint.pt --n 64 --out grid.png
-    sagan-edu export --checkpoint runs/mnist/checkpoint.pt --out mnist.safetensors
+    sagan-edu export --checkpoint runs/mnist/checkpoint.pt --out mnist.safetensors [--float16]
     sagan-edu train-classifier      # the feature network of sagan_edu.metrics
     torchrun --standalone --nproc_per_node=4 -m sagan_edu.cli train ...   # 4 GPUs (DDP)
 
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--checkpoint", required=True, type=Path)
     export.add_argument("--out", required=True, type=Path, help="a .safetensors path")
+    export.add_argument("--float16", action="store_true", help="store half-size float16 tensors")
+    export.add_argument("--generator-only", action="store_true", help="leave D out")
     export.set_defaults(run=run_export)
 
     classifier = commands.add_parser(
@@ -141,7 +143,9 @@ def run_sample(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     if args.out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {args.out}")
-    print(f"wrote {export_pretrained(args.checkpoint, args.out)}")
+    dtype = torch.float16 if args.float16 else torch.float32
+    out = export_pretrained(args.checkpoint, args.out, dtype, not args.generator_only)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

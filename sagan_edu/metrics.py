@@ -15,6 +15,8 @@ sample counts. Both are computed by torchmetrics, given our feature network.
 
 For the synthetic datasets `consistency(images, dataset)` scores whether far-apart parts agree
 (see `sagan_edu.data.consistency_score`), with real-data reference values to compare against.
+For digits, `class_histogram` / `class_coverage` show which digits a generator draws, and
+`within_class_diversity` how varied its drawings of each digit are (compare with real digits).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "frechet_distance",
     "load_classifier",
     "train_classifier",
+    "within_class_diversity",
 ]
 
 FD_NAME = "Fréchet distance (MNIST classifier features)"
@@ -251,6 +254,33 @@ def class_coverage(histogram: torch.Tensor, min_share: float = 0.02) -> dict[str
     nonzero = shares[shares > 0]
     entropy = -(nonzero * nonzero.log()).sum() / torch.log(torch.tensor(10.0))
     return {"covered": (shares >= min_share).float().mean().item(), "entropy": entropy.item()}
+
+
+@torch.no_grad()
+def within_class_diversity(
+    images: torch.Tensor, classifier: MnistClassifier | None = None
+) -> float:
+    """How varied a set of digits (B, 1, H, W) is inside each class, in classifier features.
+
+    For each digit the classifier predicts at least twice: the mean distance between the features
+    of two different images of that digit. Returns the mean over those digits. Class coverage
+    misses a generator that draws every digit but only one way of writing each (partial mode
+    collapse); this number drops towards 0 for it. Compare it with the value for real digits.
+    """
+    classifier = classifier or load_classifier(images.device)
+    features = torch.cat([classifier(chunk) for chunk in images.split(500)]).double()  # (B, 128)
+    predicted = torch.cat([classifier.head(f.float()).argmax(1) for f in features.split(500)])
+    per_class = []
+    for digit in predicted.unique():
+        members = features[predicted == digit]  # (n, 128)
+        n = len(members)
+        if n >= 2:
+            per_class.append(torch.cdist(members, members).sum() / (n * (n - 1)))
+    if not per_class:
+        raise ValueError(
+            f"no digit was predicted twice among {len(images)} images; pass more images"
+        )
+    return torch.stack(per_class).mean().item()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,24 +80,6 @@ def test_peak_table_matches_device_names():
     assert script.peak_tflops("NVIDIA GeForce RTX 4090", "bf16") is None
 
 
-def test_padded_block_computes_the_same_attention():
-    import torch
-
-    from sagan_edu.attention import SelfAttention2d
-
-    script = load_script("attention_scaling")
-    torch.manual_seed(0)
-    block = SelfAttention2d(32)
-    with torch.no_grad():
-        block.gamma.fill_(1.0)
-    padded = script.PaddedSelfAttention2d(32)
-    padded.load_state_dict(block.state_dict())
-    x = torch.randn(2, 32, 8, 8)
-    block.eval()  # eval: no power-iteration step, so both use the same σ
-    padded.eval()
-    torch.testing.assert_close(padded(x), block(x), atol=1e-5, rtol=1e-5)
-
-
 def test_channels_last_trainer_steps_on_cpu(tmp_path):
     import torch
 
@@ -189,3 +171,51 @@ def test_overfitting_records_the_gap(tmp_path):
     for train, held, gap in zip(curve["d_train"], curve["d_held_out"], curve["gap"], strict=True):
         assert math.isclose(gap, train - held, abs_tol=1e-9)
     assert run["final_gap"] == curve["gap"][-1]
+
+
+# ---- benchmarks/evaluate_pretrained.py ----
+
+
+def test_evaluate_pretrained_scores_samples_it_saves(tmp_path):
+    import numpy as np
+
+    from sagan_edu.metrics import FD_NAME
+
+    script = load_script("evaluate_pretrained")
+    names = ["mnist5k-sagan32", "twin-shapes-noattn32"]
+    results = script.main(["--names", *names, "--n", "40", "--out", str(tmp_path)])
+
+    assert json.loads((tmp_path / "pretrained.json").read_text()) == results
+    with np.load(tmp_path / "pretrained-samples.npz") as samples:
+        assert samples["mnist5k-sagan32"].shape == (40, 1, 32, 32)
+        assert samples["twin-shapes-noattn32"].shape == (40, 3, 32, 32)
+        assert samples["mnist5k-sagan32"].dtype == np.uint8
+    digits = results["generators"]["mnist5k-sagan32"]["metrics"]
+    assert sum(digits["class histogram"]) == 40 and positive(digits[FD_NAME])
+    shapes = results["generators"]["twin-shapes-noattn32"]["metrics"]
+    assert 0 <= shapes["consistency (mean over samples)"] <= 1
+    assert results["references"]["twin-shapes"]["consistency, real images"] > 0.9
+    table = (tmp_path / "pretrained.md").read_text()
+    assert "| mnist5k-sagan32 | 16×16 | 1500 |" in table and "## twin-shapes" in table
+
+
+def _add_runs(path: str, first: int) -> None:
+    script = load_script("ablation")
+    for i in range(first, first + 40):
+        with script.locked_json(Path(path), {"runs": []}) as results:
+            results["runs"].append(i)
+
+
+def test_side_by_side_sweeps_keep_every_record(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "ablation.json"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_add_runs, args=(str(path), k * 100)) for k in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    runs = json.loads(path.read_text())["runs"]
+    assert sorted(runs) == [*range(40), *range(100, 140)]  # no write lost the other's record

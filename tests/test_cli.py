@@ -45,6 +45,21 @@ def test_sample_writes_a_grid(tmp_path):
     assert Image.open(grid).size == (8 * 34 + 2, 2 * 34 + 2)  # 16 images: 2 rows of 8
 
 
+def test_export_float16_generator_only(tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    main(["train", "--steps", "1", "--out", str(out), *TINY])
+    path = tmp_path / "g.safetensors"
+    assert main(["export", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(path),
+                 "--float16", "--generator-only"]) == 0  # fmt: skip
+    with safe_open(path, framework="pt") as f:
+        keys = list(f.keys())
+        assert all(k.startswith("G.") for k in keys) and "D_config" not in f.metadata()
+        floating = [f.get_tensor(k) for k in keys if f.get_tensor(k).is_floating_point()]
+        assert floating and {t.dtype for t in floating} == {torch.float16}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.spatial
 import torch
 
 from sagan_edu.data import load_dataset
@@ -21,7 +23,10 @@ from sagan_edu.metrics import (
     fd_and_kid,
     frechet_distance,
     load_classifier,
+    within_class_diversity,
 )
+from sagan_edu.pretrained import available, load
+from sagan_edu.training import sample_images
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "sagan_edu" / "weights"
 
@@ -83,6 +88,51 @@ def test_fd_and_kid_rank_sets_sensibly(held_out_digits):
     assert far[FD_NAME] == pytest.approx(expected, rel=1e-3)
 
 
+def numpy_kid(a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased MMD² with the kernel k(x, y) = (x·y / d + 1)³ (Bińkowski et al., 2018)."""
+    d = a.shape[1]
+    k_aa, k_bb, k_ab = ((x @ y.T / d + 1) ** 3 for x, y in ((a, a), (b, b), (a, b)))
+    m, n = len(a), len(b)
+    within_a = (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
+    within_b = (k_bb.sum() - np.trace(k_bb)) / (n * (n - 1))
+    return float(within_a + within_b - 2 * k_ab.mean())
+
+
+def test_kid_matches_an_independent_mmd_and_its_std_is_a_spread(held_out_digits):
+    torch.manual_seed(0)
+    real, fake = held_out_digits[:300], load_dataset("mnist5k", train=True).images[:300]
+    fake = fake + 0.3 * torch.randn_like(fake)  # a slightly noisy "generator"
+    classifier = load_classifier()
+    with torch.no_grad():
+        expected = numpy_kid(classifier(real).double().numpy(), classifier(fake).double().numpy())
+    everything = fd_and_kid(real, fake, classifier, kid_subset_size=300)  # every image, each time
+    assert everything[KID_NAME] == pytest.approx(expected, rel=1e-3)
+    assert everything[KID_NAME + " std"] == pytest.approx(0, abs=1e-6 * abs(expected))
+    subsets = fd_and_kid(real, fake, classifier)  # the default: subsets of 100
+    assert subsets[KID_NAME + " std"] > 0.01 * abs(expected)
+    assert abs(subsets[KID_NAME] - expected) < 3 * subsets[KID_NAME + " std"]
+
+
+def test_within_class_diversity_matches_scipy_and_sees_repetition(held_out_digits):
+    classifier = load_classifier()
+    digits = held_out_digits[torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:300]]
+    with torch.no_grad():
+        features = classifier(digits).double().numpy()
+        predicted = classifier.logits(digits).argmax(1).numpy()
+    expected = np.mean([scipy.spatial.distance.pdist(features[predicted == c]).mean()
+                        for c in np.unique(predicted) if (predicted == c).sum() >= 2])  # fmt: skip
+    real = within_class_diversity(digits, classifier)
+    assert real == pytest.approx(expected, rel=1e-6)
+    # Every digit covered, but each drawn one way only: no variety inside a class.
+    labels = load_dataset("mnist5k", train=False).labels
+    one_per_class = torch.stack([held_out_digits[labels == c][0] for c in range(10)])
+    repetitive = one_per_class.repeat(30, 1, 1, 1)  # 300 images, 10 distinct
+    assert class_coverage(class_histogram(repetitive, classifier))["covered"] == 1.0
+    assert within_class_diversity(repetitive, classifier) < 0.1 * real
+    with pytest.raises(ValueError, match="no digit was predicted twice"):
+        within_class_diversity(digits[:1], classifier)
+
+
 def test_class_coverage_sees_mode_collapse():
     collapsed = torch.tensor([0, 0, 0, 995, 0, 0, 0, 5, 0, 0])
     result = class_coverage(collapsed)
@@ -106,3 +156,65 @@ def test_shipped_weight_files_match_their_checksums():
     assert sorted(recorded) == shipped, "every shipped file has a checksum, and no more"
     for name, digest in recorded.items():
         assert hashlib.sha256((WEIGHTS / name).read_bytes()).hexdigest() == digest, name
+
+
+# ---------------------------------------------------------------------------------------------
+# The recorded scores of the shipped generators (benchmarks/evaluate_pretrained.py)
+# ---------------------------------------------------------------------------------------------
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+@pytest.fixture(scope="module")
+def shipped_scores() -> tuple[dict, dict[str, np.ndarray]]:
+    recorded = json.loads((RESULTS / "pretrained.json").read_text(encoding="utf-8"))
+    with np.load(RESULTS / "pretrained-samples.npz") as samples:
+        return recorded, {name: samples[name] for name in samples.files}
+
+
+def as_images(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array).float() / 127.5 - 1  # uint8 -> [-1, 1]
+
+
+def test_recorded_samples_come_from_the_shipped_generators(shipped_scores):
+    recorded, samples = shipped_scores
+    assert sorted(samples) == sorted(recorded["generators"]) == available()
+    for name, array in samples.items():
+        images = sample_images(load(name), 64, seed=recorded["sample_seed"])
+        again = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        levels = np.abs(again.astype(int) - array[:64].astype(int))
+        # Another machine's float rounding may move a pixel across a .5 boundary: one level.
+        assert levels.max() <= 1 and (levels > 0).mean() < 0.01, name
+
+
+def test_recorded_digit_scores_recompute_with_numpy_and_scipy(shipped_scores, held_out_digits):
+    recorded, samples = shipped_scores
+    classifier = load_classifier()
+    with torch.no_grad():
+        real = classifier(held_out_digits).double().numpy()
+    for name, result in recorded["generators"].items():
+        if result["dataset"] != "mnist5k":
+            continue
+        images = as_images(samples[name])
+        with torch.no_grad():
+            fake = classifier(images).double().numpy()
+            predicted = classifier.logits(images).argmax(1)
+        metrics = result["metrics"]
+        assert metrics[FD_NAME] == pytest.approx(scipy_frechet(real, fake), rel=1e-3), name
+        kid, spread = numpy_kid(real, fake), metrics[KID_NAME + " std"]
+        assert abs(metrics[KID_NAME] - kid) < 3 * spread, (name, metrics[KID_NAME], kid)
+        assert metrics["class histogram"] == np.bincount(predicted, minlength=10).tolist(), name
+        per_class = [scipy.spatial.distance.pdist(fake[predicted.numpy() == c]).mean()
+                     for c in range(10) if (predicted == c).sum() >= 2]  # fmt: skip
+        assert metrics["within-class diversity"] == pytest.approx(np.mean(per_class), rel=1e-5)
+
+
+def test_recorded_consistency_recomputes(shipped_scores):
+    recorded, samples = shipped_scores
+    for name, result in recorded["generators"].items():
+        if result["dataset"] == "mnist5k":
+            continue
+        scores = consistency(as_images(samples[name]), result["dataset"])
+        assert result["metrics"]["consistency (mean over samples)"] == pytest.approx(
+            scores["mean"], abs=1e-6
+        ), name
