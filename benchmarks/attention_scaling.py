@@ -4,9 +4,8 @@ For each feature-map size S (S×S, N = S² positions) this times one forward + b
 `SelfAttention2d` and measures its peak memory, on four paths:
 
     explicit        pool=2 (SAGAN), return_attention=True: builds the (N, M=N/4) weight matrix
-    fused           pool=2, default forward: F.scaled_dot_product_attention
-    fused-padded    pool=2, fused, with q and k zero-padded to v's width (a proposed change,
-                    see `PaddedSelfAttention2d`)
+    fused           pool=2, default forward: F.scaled_dot_product_attention, with q and k
+                    zero-padded to v's width so that the flash kernels accept the call
     explicit-full   pool=1, full N×N attention, explicit
     fused-full      pool=1, full N×N attention, fused
 
@@ -40,21 +39,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
-from sagan_edu.attention import SelfAttention2d, _fused_attention, _positions_last
+from sagan_edu.attention import SelfAttention2d
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GIB = 2**30
 MIB = 2**20
 
-# name -> (pool, how attention is computed: "explicit", "fused" or "padded")
+# name -> (pool, how attention is computed: "explicit" or "fused")
 PATHS: dict[str, tuple[int, str]] = {
     "explicit": (2, "explicit"),
     "fused": (2, "fused"),
-    "fused-padded": (2, "padded"),
     "explicit-full": (1, "explicit"),
     "fused-full": (1, "fused"),
 }
@@ -132,8 +129,7 @@ def make_pass(
     size: int, pool: int, mode: str, dtype: torch.dtype, args: argparse.Namespace
 ) -> Callable[[], None]:
     """A function that runs one forward + backward of a fresh SelfAttention2d on (B, C, S, S)."""
-    block_class = PaddedSelfAttention2d if mode == "padded" else SelfAttention2d
-    block = block_class(args.channels, pool=pool).to(args.device)
+    block = SelfAttention2d(args.channels, pool=pool).to(args.device)
     with torch.no_grad():
         block.gamma.fill_(1.0)  # γ = 0 at init would make the attention's gradients all zero
     x = torch.randn(args.batch, args.channels, size, size, device=args.device, requires_grad=True)
@@ -148,29 +144,6 @@ def make_pass(
         y.float().sum().backward()
 
     return one_pass
-
-
-class PaddedSelfAttention2d(SelfAttention2d):
-    """SelfAttention2d whose fused path pads q and k with zeros up to v's width.
-
-    The flash kernels (CUDA's and the CPU's) need q, k and v equally wide, but SAGAN's are C/8,
-    C/8 and C/2 wide, so PyTorch falls back to another kernel (math on CPU). Zeros appended to
-    q and k leave every dot product q·k, hence the attention, unchanged; the scale is passed
-    explicitly, so the wider q does not change it either. A candidate for the library.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        B, _C, H, W = x.shape
-        q = _positions_last(self.query(x))  # (B, N, C/8)
-        k = _positions_last(self._pool(self.key(x)))  # (B, M, C/8)
-        v = _positions_last(self._pool(self.value(x)))  # (B, M, C/2)
-        scale = q.size(-1) ** -0.5 if self.scaled else 1.0
-        extra = v.size(-1) - q.size(-1)
-        q, k = F.pad(q, (0, extra)), F.pad(k, (0, extra))  # (B, N or M, C/2)
-        o = _fused_attention(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]
-        o = o.transpose(1, 2).reshape(B, -1, H, W)  # (B, C/2, H, W)
-        return x + self.gamma * self.out(o)
 
 
 def matrix_bytes(size: int, pool: int, batch: int) -> int:
