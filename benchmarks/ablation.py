@@ -346,7 +346,9 @@ def replace_run(results: dict, record: dict, key: Callable[[dict], tuple]) -> No
 
 
 def short(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k.split(' (')[0]}={v:.3g}" for k, v in metrics.items())
+    """'KID (MNIST classifier features) std' -> 'KID std': names short enough for one line."""
+    names = {k: k.split(" (")[0] + (" std" if k.endswith(" std") else "") for k in metrics}
+    return ", ".join(f"{names[k]}={v:.3g}" for k, v in metrics.items())
 
 
 # ---------------------------------------------------------------------------------------------
