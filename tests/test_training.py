@@ -108,6 +108,19 @@ def test_channels_last_layout_trains_and_matches_the_default_layout(tmp_path):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
+def test_compiled_models_train_to_the_same_numbers_and_save_plain_state(tmp_path):
+    """torch.compile fuses kernels but must not change the maths, nor the checkpoint's keys."""
+    eager = training.train(tiny_config(tmp_path / "a", steps=2))
+    compiled = training.train(tiny_config(tmp_path / "b", steps=2, compile=True))
+    for name, value in all_state(eager).items():
+        torch.testing.assert_close(all_state(compiled)[name], value, atol=1e-4, rtol=1e-3)
+    # The checkpoint holds the plain modules' state (no "_orig_mod." prefixes): it loads into
+    # an uncompiled generator.
+    G = load_generator(compiled.checkpoint_path)
+    assert torch.equal(sample_images(G, 2), sample_images(compiled.G_ema, 2))
+
+
 def test_update_ema_matches_formula():
     torch.manual_seed(0)
     model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
