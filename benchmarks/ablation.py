@@ -233,18 +233,36 @@ def load_json(path: Path, empty: dict) -> dict:
 
 
 @contextlib.contextmanager
+def locked_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` itself (no lock file left behind) for the block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor closes
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def locked_json(path: Path, empty: dict) -> Iterator[dict]:
     """The file's contents, to change in a `with` block; written back when the block ends.
 
-    An exclusive lock is held throughout, so sweeps running side by side never overwrite each
-    other's records.
+    An exclusive lock on the file's folder is held throughout, so sweeps running side by side
+    never overwrite each other's records.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+    with locked_folder(path.parent):
         results = load_json(path, empty)
         yield results
         save_json(results, path)
+
+
+def save_text(text: str, path: Path) -> None:
+    """Write through a temporary file and a rename, like save_json: never half a table."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def grey(images: torch.Tensor) -> torch.Tensor:
@@ -354,7 +372,8 @@ def run_key(record: dict) -> tuple:
 def variant(config: dict) -> tuple:
     """(attention_in, attention_block, attention_scaled, lr_d, lr_g) of a record's config."""
     return (config.get("attention_in", "both"), config.get("attention_block", "attention"),
-            config.get("attention_scaled", False), config["lr_d"], config["lr_g"])  # fmt: skip
+            config.get("attention_scaled", False), config.get("lr_d", 4e-4),
+            config.get("lr_g", 1e-4))  # fmt: skip
 
 
 def run_id(record: dict) -> str:
@@ -471,9 +490,11 @@ def save_samples(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Add `arrays` to the npz at `path` (read, add, write to a temp file, rename), under a lock."""
     if not arrays:
         return
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        saved = dict(np.load(path)) if path.exists() else {}
+    with locked_folder(path.parent):
+        saved = {}
+        if path.exists():
+            with np.load(path) as old:
+                saved = dict(old)
         saved |= arrays
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
@@ -517,7 +538,8 @@ def sweep(args: argparse.Namespace) -> dict:
                                     "attention_scaled": args.scaled, "lr_d": args.lr_d,
                                     "lr_g": args.lr_g}}  # fmt: skip
                 if args.skip_existing and run_key(probe) in done:
-                    print(f"exists: {run_id(probe)}", flush=True)
+                    print(f"exists: {dataset} attention={placement} seed={seed} "
+                          f"({run_id(probe)})", flush=True)  # fmt: skip
                     continue
                 record, samples = run_one(args, dataset, placement, seed, real, runs_dir)
                 with locked_json(path, EMPTY_ABLATION) as results:
@@ -635,8 +657,23 @@ def table(results: dict) -> str:
 
 def write_table(results: dict, out: Path) -> str:
     text = table(results)
-    (out / "ablation.md").write_text(text, encoding="utf-8")
+    save_text(text, out / "ablation.md")
     return text
+
+
+def with_default_rates(tuning_runs: list[dict], ablation: dict) -> list[dict]:
+    """The tuning runs plus the ablation's default-rate runs (4e-4 / 1e-4) of the same settings:
+    the grid's default cell is trained once, for ablation.json, and shown in both tables."""
+
+    def setting(r: dict) -> tuple:
+        c = r["config"]
+        return (r["dataset"], r["placement"], r["steps"], c["g_channels"], c["batch_size"],
+                c["img_size"], r["eval_samples"], *variant(c)[:3])  # fmt: skip
+
+    settings = {setting(r) for r in tuning_runs}
+    defaults = [r for r in ablation["runs"]
+                if setting(r) in settings and variant(r["config"])[3:] == (4e-4, 1e-4)]  # fmt: skip
+    return tuning_runs + defaults
 
 
 def tuning_table(results: dict) -> str:
@@ -782,8 +819,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = sweep(args)
     if args.tuning:
-        text = tuning_table(results)
-        (args.out / "tuning.md").write_text(text, encoding="utf-8")
+        ablation = load_json(args.out / "ablation.json", EMPTY_ABLATION)
+        text = tuning_table(results | {"runs": with_default_rates(results["runs"], ablation)})
+        save_text(text, args.out / "tuning.md")
         print(text)
     else:
         print(write_table(results, args.out))

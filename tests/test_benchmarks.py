@@ -156,7 +156,7 @@ def test_table_aggregates_seeds():
         for s, fd in ((0, 1.0), (1, 3.0))
     ]
     text = script.table({"runs": runs, "references": {}})
-    assert "| 16×16 | 10 | 8 | 4 | 0,1 | 1 / 2 | 2 ± 1.4 |" in text
+    assert "| 16×16 | default | 10 | 8 | 4 | 0,1 | 1 / 2 | 2 ± 1.4 |" in text
 
 
 def test_overfitting_records_the_gap(tmp_path):
