@@ -309,12 +309,14 @@ def evaluate(samples: torch.Tensor, dataset: str, real: torch.Tensor) -> dict[st
 
 
 def per_sample(samples: torch.Tensor, dataset: str) -> dict[str, list[float]]:
-    """Per-sample scores of a shape dataset's samples, rounded to 3 decimals (for histograms)."""
+    """Per-sample scores and half classes of a shape dataset's samples (for histograms)."""
     if dataset == "mnist5k":
         return {}
     halves = half_agreement(samples.cpu())
     values = {"consistency": consistency_score(samples.cpu(), dataset), **halves}
-    return {name: [round(v, 3) for v in t.tolist()] for name, t in values.items()}
+    # Class indices and 0/1 agreements as ints, scores to 3 decimals: a small JSON.
+    return {name: [round(v, 3) if name in ("consistency", "shape_confidence") else int(v)
+                   for v in t.tolist()] for name, t in values.items()}  # fmt: skip
 
 
 def mean_pairwise_distance(images: torch.Tensor) -> float:

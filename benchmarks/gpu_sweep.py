@@ -34,8 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATION = ROOT / "benchmarks" / "ablation.py"
@@ -45,8 +45,7 @@ SMALL = ("--channels", "16", "--batch", "32", "--steps", "2000")
 SMALL_4000 = ("--channels", "16", "--batch", "32", "--steps", "4000")
 
 
-@dataclass
-class Job:
+class Job(NamedTuple):
     cell: str  # the letter of the job list above
     name: str  # unique, also the log's file name
     args: tuple[str, ...]  # ablation.py's arguments, without --out and --eval-samples

@@ -157,9 +157,12 @@ def half_agreement(
 ) -> dict[str, torch.Tensor]:
     """Per image (B, 3, H, W): do the left and right halves agree in shape, and in colour?
 
-    Returns (B,) float tensors: "shape" and "colour" (1 = same class in both halves, 0 = not)
-    and "shape_confidence" (the classifier's probability for its answer, averaged over the two
-    halves: low values mean the halves look like none of the four shapes).
+    Returns (B,) float tensors: "shape" and "colour" (1 = same class in both halves, 0 = not),
+    "shape_confidence" (the classifier's probability for its answer, averaged over the two
+    halves: low values mean the halves look like none of the four shapes), and the classes
+    themselves, "shape_left", "shape_right", "colour_left", "colour_right" (indices into SHAPES
+    and COLOURS). A generator that draws one shape everywhere agrees perfectly: read agreement
+    together with how many classes the halves use.
     """
     if images.dim() != 4 or images.size(1) != 3:
         raise ValueError(
@@ -168,12 +171,15 @@ def half_agreement(
         )
     half = images.size(-1) // 2
     left, right = images[..., :half], images[..., -half:]
-    (shape_l, conf_l), (shape_r, conf_r) = (
-        half_shapes(left, classifier),
-        half_shapes(right, classifier),
-    )
+    shape_l, conf_l = half_shapes(left, classifier)
+    shape_r, conf_r = half_shapes(right, classifier)
+    colour_l, colour_r = half_colours(left), half_colours(right)
     return {
         "shape": (shape_l == shape_r).float(),
-        "colour": (half_colours(left) == half_colours(right)).float(),
+        "colour": (colour_l == colour_r).float(),
+        "shape_left": shape_l.float(),
+        "shape_right": shape_r.float(),
+        "colour_left": colour_l.float(),
+        "colour_right": colour_r.float(),
         "shape_confidence": (conf_l + conf_r) / 2,
     }

@@ -42,6 +42,16 @@ def test_hand_built_images_agree_in_exactly_what_they_share():
     scores = half_agreement(torch.stack([same_colour, same_shape, both]))
     assert scores["shape"].tolist() == [0.0, 1.0, 1.0]
     assert scores["colour"].tolist() == [1.0, 0.0, 1.0]
+    assert scores["shape_left"].tolist() == [0, 1, 3] and scores["shape_right"].tolist() == [
+        2,
+        1,
+        3,
+    ]
+    assert scores["colour_left"].tolist() == [2, 0, 5] and scores["colour_right"].tolist() == [
+        2,
+        4,
+        5,
+    ]
 
 
 def test_real_twins_agree_and_independent_halves_agree_by_chance():
