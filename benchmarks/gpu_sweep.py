@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
     note(f"gpu_sweep: {len(jobs)} jobs, {args.workers} workers, launch until "
          f"{args.launch_until_s:.0f}s, out {args.out}")  # fmt: skip
+    note(
+        "command: python benchmarks/gpu_sweep.py "
+        + " ".join(sys.argv[1:] if argv is None else argv)
+    )
     while pending or running:
         elapsed = time.monotonic() - start
         while pending and len(running) < args.workers and elapsed < args.launch_until_s:
