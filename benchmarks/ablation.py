@@ -464,7 +464,7 @@ def score(trainer: Trainer, dataset: str, real: torch.Tensor, n: int,
         "diversity": {"samples": round(diversity, 4), "real": round(real_diversity, 4)},
         "metrics": evaluate(samples, dataset, real),
         "per_sample": per_sample(samples, dataset),
-        "gamma": {"G": gammas(trainer.G_ema), "D": gammas(trainer.D)},
+        "gamma": gammas(trainer.G_ema, "G") | gammas(trainer.D, "D"),
     }
     if attention_blocks(G):  # the causal test: the same noise with G's attention off or blurred
         result["attention_off"] = {}
@@ -478,9 +478,10 @@ def score(trainer: Trainer, dataset: str, real: torch.Tensor, n: int,
     return result
 
 
-def gammas(model: torch.nn.Module) -> dict[str, float]:
-    """The final γ of each attention (or residual control) block, keyed by map size."""
-    return {key: round(float(block.gamma), 5) for key, block in model.attention_layers().items()}
+def gammas(model: torch.nn.Module, tag: str) -> dict[str, float]:
+    """The final γ of each attention (or residual control) block, keyed like 'G/16x16'."""
+    layers = model.attention_layers().items()
+    return {f"{tag}/{key}": round(float(block.gamma), 5) for key, block in layers}
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

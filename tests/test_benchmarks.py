@@ -232,7 +232,7 @@ def test_variants_record_the_causal_test_per_sample_scores_and_samples(tmp_path)
     runs = json.loads((tmp_path / "results" / "ablation.json").read_text())["runs"]
     assert len(runs) == 2  # two variants: neither record replaced the other
     g_only, residual = runs
-    assert g_only["config"]["attention_in"] == "g" and g_only["gamma"]["D"] == {}
+    assert g_only["config"]["attention_in"] == "g" and set(g_only["gamma"]) == {"G/16x16"}
     assert residual["config"]["attention_block"] == "residual"
     assert "attention_off" in g_only and "attention_off" not in residual  # no attention in G
     for name in ("scale 0", "uniform"):
