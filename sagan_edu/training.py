@@ -218,10 +218,8 @@ class Trainer:
 
         With `fast_step` (on a CUDA GPU), the same iteration is replayed as a CUDA graph.
         """
-        if self.captured_step is not None:
-            metrics = self.captured_step()
-        else:
-            metrics = self.eager_step()
+        run = self.captured_step if self.captured_step is not None else self.eager_step
+        metrics = run()
         self.step_count += 1
         self._accumulate(metrics)
         return metrics
