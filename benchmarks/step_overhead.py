@@ -157,10 +157,10 @@ def format_row(r: dict) -> str:
     def show(key: str, spec: str) -> str:
         return format(r[key], spec) if key in r else "-"
 
-    return start + (
-        f"{show('aten_ops', '>8')} {show('dispatched_ops', '>10')} {r['host_ms']:>8.2f} "
-        f"{show('kernel_launches', '>8')} {show('gpu_kernels', '>11')} {show('gpu_busy_ms', '>8.2f')}"
-    )
+    counts = f"{show('aten_ops', '>8')} {show('dispatched_ops', '>10')} {r['host_ms']:>8.2f} "
+    gpu = f"{show('kernel_launches', '>8')} {show('gpu_kernels', '>11')} "
+    gpu += show("gpu_busy_ms", ">8.2f")
+    return start + counts + gpu
 
 
 HEADER = (
