@@ -14,7 +14,7 @@
 #
 # WHEELS_DIR (default: $SAGAN_EDU_WHEELS, else .whl/ in the repository root) holds wheels for
 # what such machines often lack (mlxtend, tqdm, pytest and its pluggy/iniconfig, ...). Only the
-# missing modules are installed from it, with pip --no-index --no-deps into a folder inside
+# missing modules are installed from it, with pip --no-index --no-deps into
 # a temporary folder; nothing is installed system-wide. sagan_edu itself is used from
 # this checkout (PYTHONPATH), not installed.
 #

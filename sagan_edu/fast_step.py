@@ -150,4 +150,4 @@ class CapturedStep:
         t = self.trainer
         for ema_param, param in zip(t.G_ema.parameters(), t.G.parameters(), strict=True):
             ema_param.lerp_(param, self.ema_weight)
-        torch._foreach_copy_(list(t.G_ema.buffers()), list(t.G.buffers()))
+        torch._foreach_copy_(list(t.G_ema.buffers()), list(t.G.buffers()))  # G has BatchNorms

@@ -18,6 +18,19 @@ The pieces SAGAN relies on, and why:
 - Mixed precision (AMP) where the device supports it: bf16 on GPUs from Ampere (sm80) on, fp16
   with a GradScaler on older GPUs, off on CPU. Spectral norm always runs in float32.
 
+Kept lean, because on a GPU these small models are bound by the host issuing kernels:
+
+- spectral norm's power iteration runs once per layer per optimizer step (`update_spectral_norms`
+  at the start of the iteration for G, of each D step for D), not in each of the four
+  training-mode forwards; forwards only read u and v;
+- Adam is the fused kernel (one call for all parameters) on CUDA and CPU, and the EMA one
+  multi-tensor lerp;
+- nothing in a step makes the host wait for the GPU: losses are summed on the device and read
+  only every log_every steps (tests/test_gpu.py checks this with torch.cuda.set_sync_debug_mode).
+
+`fast_step=True` replays the same iteration as one CUDA graph (sagan_edu.fast_step); `step()`
+then runs it instead of `eager_step()`.
+
 More than one GPU: launched with
 `torchrun --standalone --nproc_per_node=K -m sagan_edu.cli train ...`, each process trains on its
 own shard of every batch, DistributedDataParallel averages the gradients, and rank 0 alone writes
@@ -500,9 +513,12 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     ema_buffers, buffers = list(ema_model.buffers()), list(model.buffers())
     if len(ema_params) != len(params) or len(ema_buffers) != len(buffers):
         raise ValueError("update_ema needs two models of the same architecture (deepcopy one)")
-    # One multi-tensor ("foreach") call each instead of one small kernel per tensor.
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # ema + (1 − decay)·(param − ema)
-    torch._foreach_copy_(ema_buffers, buffers)
+    # One multi-tensor ("foreach") call each instead of one small kernel per tensor (they
+    # refuse empty lists: a model without buffers has none to copy).
+    if params:
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # ema + (1 − decay)·(param − ema)
+    if buffers:
+        torch._foreach_copy_(ema_buffers, buffers)
 
 
 def gammas(G: Generator, D: Discriminator) -> dict[str, float]:
