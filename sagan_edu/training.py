@@ -135,7 +135,7 @@ class TrainConfig:
 # The learning rates may change too: lowering them is the usual answer to a diverged run.
 RESUMABLE_OVERRIDES = (
     "steps", "out_dir", "log_every", "checkpoint_every", "device", "compile", "progress", "resume",
-    "lr_g", "lr_d", "channels_last",
+    "lr_g", "lr_d", "channels_last", "fast_step",
 )  # fmt: skip
 
 
