@@ -196,8 +196,9 @@ class Trainer:
         update_once_per_step(self.G)
         update_once_per_step(self.D)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_g = adam(self.G, config.lr_g, config.betas, self.device, config.fast_step)
-        self.opt_d = adam(self.D, config.lr_d, config.betas, self.device, config.fast_step)
+        capturable = config.fast_step and self.device.type == "cuda"  # see adam()
+        self.opt_g = adam(self.G, config.lr_g, config.betas, self.device, capturable)
+        self.opt_d = adam(self.D, config.lr_d, config.betas, self.device, capturable)
         self.d_loss_fn, self.g_loss_fn = get_losses(config.loss)
 
         self.amp_dtype = amp_dtype(self.device) if config.amp else None
