@@ -56,19 +56,41 @@ def test_train_throughput_runs_on_cpu(tmp_path):
     script = load_script("train_throughput")
     out = tmp_path / "throughput.json"
     argv = ["--device", "cpu", "--img-sizes", "32", "--batch", "4", "--channels", "8",
-            "--variants", "eager-fp32", "amp", "--warmup", "1", "--steps", "1",
+            "--variants", "eager-fp32", "amp", "amp+fast_step", "--warmup", "1", "--steps", "1",
             "--repeats", "1", "--json", str(out)]  # fmt: skip
     results = script.main(argv)
 
     assert json.loads(out.read_text()) == results
     for key in ("date", "command", "device", "torch", "python", "peak_source"):
         assert key in results["meta"]
-    eager, amp = results["rows"]
+    eager, amp, fast = results["rows"]
     assert eager["variant"] == "eager-fp32" and eager["status"] == "ok"
     for key in ("images_per_s", "ms_per_step", "flops_per_step", "achieved_tflops"):
         assert positive(eager[key]), (key, eager)
     assert eager["speedup_vs_eager_fp32"] == 1.0
     assert amp["status"] == "GPU only"  # the Trainer never uses AMP on CPU
+    assert fast["status"] == "GPU only"  # CUDA graphs need CUDA
+
+
+def test_step_overhead_runs_on_cpu(tmp_path):
+    script = load_script("step_overhead")
+    out = tmp_path / "overhead.json"
+    argv = ["--device", "cpu", "--batch", "1", "2", "--channels", "8", "--warmup", "1",
+            "--steps", "2", "--json", str(out)]  # fmt: skip
+    results = script.main(argv)
+
+    assert json.loads(out.read_text()) == results
+    for key in ("date", "command", "device", "torch", "python", "threads"):
+        assert key in results["meta"]
+    assert [(r["variant"], r["batch"]) for r in results["rows"]] == [("eager", 1), ("eager", 2)]
+    for row in results["rows"]:
+        assert row["status"] == "ok"
+        assert positive(row["host_ms"]) and len(row["host_ms_all"]) == 2
+        # The profiler also records wrappers (aten::linear around aten::addmm), so it sees more.
+        assert row["aten_ops"] > row["dispatched_ops"] > 100
+        assert "kernel_launches" not in row  # CUDA only
+    # One step dispatches the same ops whatever the batch size.
+    assert results["rows"][0]["dispatched_ops"] == results["rows"][1]["dispatched_ops"]
 
 
 def test_peak_table_matches_device_names():
