@@ -30,12 +30,13 @@ DRY="${GPU_CHECK_DRY:-0}"
 LOG="$OUT_DIR/gpu_check.log"
 SITE="$(mktemp -d)/site"
 cd "$ROOT" || exit 1
-exec > >(tee -a "$LOG") 2>&1
 export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export MPLBACKEND=Agg
 START=$(date +%s)
 
 stage() { echo; echo "=== $* ($(($(date +%s) - START)) s since start, $(date -u +%H:%M:%S) UTC)"; }
+
+{  # everything below goes to the screen and to $LOG (the tee at the end of the block)
 
 # ---- 1. what is missing, from the carried wheels --------------------------------------------
 stage "dependencies (wheels from $WHEELS)"
@@ -140,3 +141,4 @@ EOF
 
 stage "done"
 ls -l "$OUT_DIR"
+} 2>&1 | tee -a "$LOG"
