@@ -96,6 +96,9 @@ class TrainConfig:
     g_channels: int = 32  # base width of G (its widest layer has 8× this)
     d_channels: int = 32  # base width of D
     attention_at: tuple[int, ...] = (16,)  # feature-map sizes that get self-attention; () = none
+    attention_in: str = "both"  # which network gets it: "both", "g" (G only) or "d" (D only)
+    attention_block: str = "attention"  # or "residual": the same-size local control (models.py)
+    attention_scaled: bool = False  # divide attention scores by √d (the released SAGAN does not)
     # optimisation
     steps: int = 2000  # total generator steps
     batch_size: int = 64
@@ -127,6 +130,11 @@ class TrainConfig:
         for name in ("lr_g", "lr_d"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.attention_in not in ("both", "g", "d"):
+            raise ValueError(
+                f"attention_in must be 'both', 'g' (generator only) or 'd' (discriminator "
+                f"only), got {self.attention_in!r}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -178,13 +186,17 @@ class Trainer:
 
         self.G = Generator(
             z_dim=config.z_dim, img_size=config.img_size, img_channels=self.dataset.channels,
-            base_channels=config.g_channels, attention_at=config.attention_at,
+            base_channels=config.g_channels,
+            attention_at=config.attention_at if config.attention_in != "d" else (),
             num_classes=self.num_classes, arch=config.arch,
+            attention_block=config.attention_block, attention_scaled=config.attention_scaled,
         ).to(self.device)  # fmt: skip
         self.D = Discriminator(
             img_size=config.img_size, img_channels=self.dataset.channels,
-            base_channels=config.d_channels, attention_at=config.attention_at,
+            base_channels=config.d_channels,
+            attention_at=config.attention_at if config.attention_in != "g" else (),
             num_classes=self.num_classes, arch=config.arch,
+            attention_block=config.attention_block, attention_scaled=config.attention_scaled,
         ).to(self.device)  # fmt: skip
         if config.channels_last:
             # In place, before the optimizers see the parameters: each pixel's channels sit next
