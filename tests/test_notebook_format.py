@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,38 +55,3 @@ def test_lecture_notebooks_open_with_goals_and_end_with_a_summary(path):
 def test_notebooks_are_numbered_in_reading_order():
     numbers = [int(p.name.split("_")[0]) for p in NOTEBOOKS]
     assert numbers == sorted(set(numbers))
-
-
-# Notebooks whose settings all live in one papermill `parameters` cell.
-WITH_PARAMETERS = [
-    ROOT / "notebooks" / name
-    for name in (
-        "00_start_here.ipynb",
-        "01_scaled_dot_product_attention.ipynb",
-        "02_self_and_multihead_attention.ipynb",
-        "03_attention_vs_recurrence.ipynb",
-        "04_cost_of_attention.ipynb",
-    )
-]
-
-
-@pytest.mark.parametrize("path", WITH_PARAMETERS, ids=ids(WITH_PARAMETERS))
-def test_settings_live_in_one_parameters_cell(path):
-    cells = nbformat.read(path, as_version=4).cells
-    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1, f"expected one cell tagged 'parameters', found {len(tagged)}"
-    index = tagged[0]
-    cell = cells[index]
-    setup = next(i for i, c in enumerate(cells) if c.source.startswith("# Setup:"))
-    assert cell.cell_type == "code" and index > setup, "a code cell after setup (it uses pick)"
-    # papermill injects `name = value` lines after this cell, so it may only assign names.
-    body = ast.parse(cell.source).body
-    assert body and all(isinstance(node, ast.Assign) for node in body), (
-        "the parameters cell holds plain assignments only"
-    )
-    elsewhere = [
-        i
-        for i, c in enumerate(cells)
-        if c.cell_type == "code" and i != index and re.search(r"\bpick\(", c.source)
-    ]
-    assert not elsewhere, f"cells {elsewhere} call pick(); move those settings to parameters"
