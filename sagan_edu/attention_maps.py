@@ -211,7 +211,9 @@ def _cells(mask: torch.Tensor, feature_size: tuple[int, int], pool: int) -> torc
     return F.max_pool2d(mask[:, None].float(), block)[:, 0]
 
 
-def twin_shape_masks(images: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Tensor, ...]:
+def twin_shape_masks(
+    images: torch.Tensor, threshold: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The shape in each half of twin-shapes images: (left, right), each (B, S, S) bool.
 
     A pixel is on a shape when its brightest channel is above `threshold` (the background is

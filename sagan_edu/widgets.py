@@ -273,7 +273,7 @@ class AttentionExplorer(_Explorer):
         return (
             f"<b>{html.escape(view.layer)}</b> on {what}: γ = {view.gamma:+.3f}. "
             f"Query {self.query} looks <b>{distance:.1f} px</b> away on average "
-            f"(an even spread over the image would give {uniform:.1f} px; "
+            f"(an even spread from this query would give {uniform:.1f} px; "
             f"the image is {view.image_size[1]} px wide)."
         )
 
