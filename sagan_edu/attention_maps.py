@@ -238,8 +238,13 @@ def twin_attention_share(
 
         twin            mean weight a shape's queries put on keys covering the other shape
         twin_uniform    what an even spread would put there (the share of keys on that shape)
+        own             mean weight a shape's queries put on keys covering their own shape
+        own_uniform     the share of keys on their own shape
         other_half      mean weight a shape's queries put on keys in the other half
         other_half_uniform  the share of keys in the other half (0.5 on an even grid)
+
+    `own` is the control for `twin`: queries that look at bright pixels in general, rather than
+    at the twin, put weight above the even level on both shapes.
 
     Left-shape and right-shape queries are pooled, each weighted by its number of query cells.
     NaN for an image with no shape pixels.
@@ -260,10 +265,13 @@ def twin_attention_share(
         )
 
     twin, twin_uniform = both_shapes(right, left)
+    own, own_uniform = both_shapes(left, right)
     other_half, other_half_uniform = both_shapes(right_half, left_half)
     return {
         "twin": twin,
         "twin_uniform": twin_uniform,
+        "own": own,
+        "own_uniform": own_uniform,
         "other_half": other_half,
         "other_half_uniform": other_half_uniform,
     }

@@ -177,12 +177,16 @@ def test_twin_attention_share_on_a_hand_made_image():
     # The left square's only query cell (2, 1) looks at itself, the right square's (5, 6) at
     # itself too: nothing lands on a twin, nothing on the other half.
     assert float(result["twin"][0]) == 0.0 and float(result["other_half"][0]) == 0.0
+    assert float(result["own"][0]) == 1.0 and float(result["own_uniform"][0]) == pytest.approx(
+        1 / 16
+    )
     assert float(result["twin_uniform"][0]) == pytest.approx(1 / 16)
     assert float(result["other_half_uniform"][0]) == pytest.approx(0.5)
     attention = torch.zeros(1, 64, 16)
     attention[0, :, 4] = attention[0, :, 11] = 0.5  # everyone splits between the two squares
     result = twin_attention_share(attention, image, (8, 8))
     assert float(result["twin"][0]) == pytest.approx(0.5)
+    assert float(result["own"][0]) == pytest.approx(0.5)
     even = twin_attention_share(torch.full((1, 64, 16), 1 / 16), image, (8, 8))
     assert float(even["twin"][0]) == pytest.approx(float(even["twin_uniform"][0]))
 
@@ -202,6 +206,8 @@ def test_twin_attention_share_on_a_model():
     block = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 2, stride=2), SelfAttention2d(16))
     _, maps = collect_attention(block.eval(), images)
     result = twin_attention_share(maps["1"], images, (16, 16))
-    assert set(result) == {"twin", "twin_uniform", "other_half", "other_half_uniform"}
+    assert set(result) == {
+        "twin", "twin_uniform", "own", "own_uniform", "other_half", "other_half_uniform"
+    }  # fmt: skip
     for values in result.values():
         assert values.shape == (4,) and ((values >= 0) & (values <= 1)).all()
