@@ -597,8 +597,10 @@ def _check_labels(
         raise ValueError(f"labels y must be a torch.long tensor, got {y.dtype}; use y.long()")
     if tuple(y.shape) != (batch_size,):
         raise ValueError(f"labels y must have shape ({batch_size},), got {tuple(y.shape)}")
-    # On a GPU this waits for y, but an out-of-range index there would crash the whole process
-    # with an unreadable device-side assert instead.
+    if y.device.type != "cpu":
+        # Reading y's range would make the host wait for the GPU in every forward (and stop a
+        # CUDA-graph capture); an out-of-range label there raises CUDA's device-side assert.
+        return
     low, high = (int(y.min()), int(y.max())) if y.numel() else (0, 0)
     if low < 0 or high >= num_classes:
         raise ValueError(
