@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
@@ -54,10 +55,54 @@ def _raised_by_a_stub(err: NotImplementedError) -> bool:
     return line.lstrip().startswith("raise")
 
 
-def _call(fn: Callable, *args: Any, hint: str = "", **kwargs: Any) -> Any:
-    """Call your code. A stub's NotImplementedError passes through; other errors get context."""
+# Errors PyTorch raises for a few common mistakes, and what to do about each.
+_ERROR_ADVICE = [
+    (
+        "modified by an inplace operation",
+        "An in-place operation (w *= …, w += …, w[...] = …, w.masked_fill_(…)) overwrote a tensor "
+        "that autograd still needs for the backward pass. Write it out of place instead: "
+        "w = w * …, w = w + …, w = w.masked_fill(…).",
+    ),
+    (
+        "refers to a single memory location",
+        "An in-place write into an expanded tensor (.expand() shares memory between entries): "
+        "compute a new tensor instead (mask = mask | …, not mask |= …).",
+    ),
+    (
+        "view size is not compatible",
+        ".view() needs a tensor whose memory is laid out in order, which a transposed tensor is "
+        "not: use .reshape() (or .contiguous().view()).",
+    ),
+    (
+        "does not require grad and does not have a grad_fn",
+        "The result is cut off from autograd: avoid .detach(), .item(), .data, torch.tensor(...) "
+        "and torch.no_grad() on the path from the inputs to the result.",
+    ),
+    (
+        "Dimension out of range",
+        "A dim index is out of range for a tensor with fewer dimensions: index dims from the "
+        "end (dim=-1, -2), and remember that F.normalize's default is dim=1 (use dim=0 for a "
+        "vector).",
+    ),
+]
+
+
+def _advice_for(err: BaseException) -> str:
+    text = str(err)
+    return next((advice for key, advice in _ERROR_ADVICE if key in text), "")
+
+
+def _call(
+    fn: Callable, *args: Any, hint: str = "", inputs_may_change: bool = False, **kwargs: Any
+) -> Any:
+    """Call your code. A stub's NotImplementedError passes through; other errors get context.
+
+    Unless `inputs_may_change`, the tensors passed in must be unchanged afterwards: a function
+    that writes into its arguments (mask |= …) silently changes its caller's data.
+    """
+    originals = [(i, a, a.detach().clone()) for i, a in enumerate(args) if torch.is_tensor(a)]
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
     except CheckFailed:
         raise
     except Exception as err:
@@ -68,14 +113,55 @@ def _call(fn: Callable, *args: Any, hint: str = "", **kwargs: Any) -> Any:
             [_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()]
         )
         message = f"your {name} raised {type(err).__name__}: {err}\n  It was called with: {given}."
-        if "view size is not compatible" in str(err):
-            message += (
-                "\n  .view() needs a tensor whose memory is laid out in order, which a transposed "
-                "tensor is not: use .reshape() (or .contiguous().view())."
-            )
+        if advice := _advice_for(err):
+            message += f"\n  {advice}"
         if hint:
             message += f"\n  {hint}"
         raise CheckFailed(message) from err
+    if not inputs_may_change:
+        for index, arg, original in originals:
+            if arg.shape != original.shape or not torch.equal(arg.detach(), original):
+                name = getattr(fn, "__name__", type(fn).__name__)
+                _fail(
+                    f"your {name} changed argument {index + 1} ({_describe(original)}) in place: "
+                    "an in-place operation on an argument (x |= …, x += …, x[...] = …, "
+                    "x.masked_fill_(…)) rewrites the caller's tensor. Build a new tensor instead "
+                    "(x = x | …, x = x.masked_fill(…))"
+                )
+    return result
+
+
+def checked(check: Callable[..., None]) -> Callable[..., None]:
+    """Make sure a check ends in a sentence: an error it did not foresee becomes CheckFailed.
+
+    Such errors come from a result the check could not work with (a wrong shape deep inside a
+    comparison, say); a stub's NotImplementedError still passes through unchanged.
+    """
+
+    @functools.wraps(check)
+    def wrapper(learner: Any) -> None:
+        try:
+            check(learner)
+        except CheckFailed:
+            raise
+        except NotImplementedError as err:
+            if _raised_by_a_stub(err):
+                raise
+            _stopped(check, err)
+        except Exception as err:
+            _stopped(check, err)
+
+    return wrapper
+
+
+def _stopped(check: Callable, err: Exception) -> NoReturn:
+    message = (
+        f"{check.__name__} could not use what your code returned: {type(err).__name__}: {err}. "
+        "Compare the shapes and types you return with the ones the exercise describes."
+    )
+    if advice := _advice_for(err):
+        message += f"\n  {advice}"
+    raise CheckFailed(message) from err
 
 
 def _tensor(value: Any, what: str) -> Tensor:
@@ -167,11 +253,51 @@ def _expect_graph(output: Tensor, what: str) -> None:
 
 
 def _grads(outputs: Sequence[Tensor], inputs: Sequence[Tensor], seed: int = 1) -> list[Tensor]:
-    """Gradients of a random weighted sum of `outputs` with respect to `inputs`."""
+    """Gradients of a random weighted sum of `outputs` with respect to `inputs`.
+
+    A backward pass through your graph can fail where the forward pass worked (an in-place
+    change to a tensor autograd saved); that becomes a CheckFailed saying what to change.
+    """
     gen = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs)
-    grads = torch.autograd.grad(loss, list(inputs), allow_unused=True)
+    try:
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs)
+        grads = torch.autograd.grad(loss, list(inputs), allow_unused=True)
+    except RuntimeError as err:
+        message = (
+            "your values are fine, but backpropagating through your result failed: "
+            f"{type(err).__name__}: {err}"
+        )
+        if advice := _advice_for(err):
+            message += f"\n  {advice}"
+        raise CheckFailed(message) from err
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
+
+
+def _expect_grad(
+    got: Tensor,
+    expected: Tensor,
+    name: str,
+    where: str,
+    mistakes: Sequence[tuple[Tensor | None, str]] = (),
+) -> None:
+    """Fail unless the gradient with respect to `name` is right, naming a detach if it is one."""
+    if _close(got, expected):
+        return
+    for wrong, explanation in mistakes:
+        if wrong is not None and _close(got, wrong):
+            _fail(f"{explanation}\n  (Seen for {where}.)")
+    if got.abs().max() == 0 and expected.abs().max() > 0:
+        _fail(
+            f"no gradient reaches {name} ({where}), although your values are right: something "
+            "on the path from it to the result is detached (.detach(), .data, .item(), "
+            "torch.tensor(...) or a torch.no_grad() block)"
+        )
+    _fail(
+        f"the gradient with respect to {name} differs from the reference by up to "
+        f"{_max_diff(got, expected):.3g} ({where}), although your values are right: part of the "
+        "computation is cut off from autograd (a .detach(), .data or torch.no_grad() on one of "
+        "the paths from the input to the result) or changed in place"
+    )
 
 
 def _randn(*shape: int, gen: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:

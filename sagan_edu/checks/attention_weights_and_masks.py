@@ -13,6 +13,7 @@ from sagan_edu.checks._common import (
     _call,
     _expect_close,
     _expect_dtype,
+    _expect_grad,
     _expect_graph,
     _fail,
     _fixed_seed,
@@ -22,6 +23,7 @@ from sagan_edu.checks._common import (
     _randn,
     _shapes,
     _tensor,
+    checked,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +118,7 @@ def _check_weight_values(w: Tensor, q: Tensor, k: Tensor, expected: Tensor, wher
     )
 
 
+@checked
 def check_attention_weights(attention_weights: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Exercise 1a: `attention_weights(q, k)` = softmax(q kᵀ / √d) over the keys.
 
@@ -137,7 +140,7 @@ def check_attention_weights(attention_weights: Callable[[Tensor, Tensor], Tensor
         expected = scaled_dot_product_attention(q, k, k)[1]
         got, want = _grads([w], [q, k]), _grads([expected], [q, k])
         for name, g, r in zip("qk", got, want, strict=True):
-            _expect_close(g, r, f"the gradient with respect to {name}", _shapes(q=q, k=k))
+            _expect_grad(g, r, name, _shapes(q=q, k=k))
     _passed(
         "check_attention_weights",
         "shapes, values and rows summing to 1 on 6 inputs (with batch dims, d = 1, large scores, "
@@ -145,6 +148,7 @@ def check_attention_weights(attention_weights: Callable[[Tensor, Tensor], Tensor
     )
 
 
+@checked
 def check_scaled_dot_product_attention(
     scaled_dot_product_attention_fn: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]],
 ) -> None:
@@ -195,7 +199,7 @@ def check_scaled_dot_product_attention(
         got = _grads([out, w], [q, k, v])
         want = _grads([expected_out, expected_w], [q, k, v])
         for name, g, r in zip("qkv", got, want, strict=True):
-            _expect_close(g, r, f"the gradient with respect to {name}", _shapes(q=q, k=k, v=v))
+            _expect_grad(g, r, name, _shapes(q=q, k=k, v=v))
     _passed(
         "check_scaled_dot_product_attention",
         "outputs and weights on 6 inputs (batch dims, odd sizes, large scores, float64), and "
@@ -234,6 +238,7 @@ def _mask_cases(seed: int = 0) -> list[tuple[str, Tensor, Tensor, Tensor, Tensor
     return cases
 
 
+@checked
 def check_masked_attention(
     masked_attention: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]],
 ) -> None:
@@ -276,7 +281,7 @@ def check_masked_attention(
                     "afterwards does not stop NaN flowing backwards. Give fully masked rows a "
                     "harmless mask (e.g. all True) before the softmax, then zero those rows"
                 )
-            _expect_close(g, r, f"the gradient with respect to {name}", "a random mask")
+            _expect_grad(g, r, name, "a random mask")
     _passed(
         "check_masked_attention",
         "causal, padding and random masks (broadcast over batch and heads), fully masked rows "

@@ -19,6 +19,7 @@ from sagan_edu.checks._common import (
     _passed,
     _randn,
     _tensor,
+    checked,
 )
 from sagan_edu.viz import query_attention_map
 
@@ -110,6 +111,7 @@ def _correlated(n: int, d: int, gen: torch.Generator, dtype: torch.dtype = torch
     return _randn(n, d, gen=gen, dtype=dtype) @ mixing
 
 
+@checked
 def check_frechet_distance(frechet_distance: Callable[[Tensor, Tensor], Any]) -> None:
     """Exercise 9: `frechet_distance(features_a (N, D), features_b (M, D))` -> a float.
 
@@ -212,6 +214,7 @@ def _query_map_variant(
     return up / up.sum(dim=(1, 2), keepdim=True)
 
 
+@checked
 def check_query_attention_map(query_attention_map_fn: Callable[..., Tensor]) -> None:
     """Exercise 10: `query_attention_map(attention, feature_size, query, image_size=None)`.
 

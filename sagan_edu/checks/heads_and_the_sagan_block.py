@@ -15,6 +15,7 @@ from sagan_edu.checks._common import (
     _call,
     _expect_close,
     _expect_dtype,
+    _expect_grad,
     _expect_graph,
     _fail,
     _fixed_seed,
@@ -23,6 +24,7 @@ from sagan_edu.checks._common import (
     _passed,
     _randn,
     _tensor,
+    checked,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -32,6 +34,7 @@ from sagan_edu.checks._common import (
 _HEAD_CASES = [((2, 5, 12), 3), ((1, 7, 8), 2), ((3, 4, 16), 4), ((2, 3, 6), 1), ((2, 5, 6), 6)]
 
 
+@checked
 def check_split_heads(split_heads: Callable[[Tensor, int], Tensor]) -> None:
     """Exercise 3a: `split_heads(x, num_heads)`: (B, L, E) -> (B, heads, L, E/heads).
 
@@ -84,6 +87,7 @@ def check_split_heads(split_heads: Callable[[Tensor, int], Tensor]) -> None:
     )
 
 
+@checked
 def check_merge_heads(merge_heads: Callable[[Tensor], Tensor]) -> None:
     """Exercise 3b: `merge_heads(x)`: (B, heads, L, d) -> (B, L, heads·d), the inverse of split."""
     with _fixed_seed():
@@ -195,6 +199,7 @@ def _set_gamma(block: nn.Module, value: float) -> None:
         block.gamma.fill_(value)
 
 
+@checked
 def check_self_attention_2d(block_class: Callable[..., nn.Module]) -> None:
     """Exercise 4: the SAGAN block, a class `(channels, pool=2)`; forward(x) -> (y, attention).
 
@@ -255,10 +260,8 @@ def check_self_attention_2d(block_class: Callable[..., nn.Module]) -> None:
         want = _grads([expected_y, expected_attention], [x, reference.gamma])
         if got[1].abs().max() == 0:
             _fail("γ gets no gradient: use self.gamma in forward (y = x + self.gamma * ...)")
-        _expect_close(got[0], want[0], "the gradient with respect to x", "x (2, 16, 4, 8)")
-        _expect_close(
-            got[1].reshape(()), want[1], "the gradient with respect to γ", "x (2, 16, 4, 8)"
-        )
+        _expect_grad(got[0], want[0], "x", "x (2, 16, 4, 8)")
+        _expect_grad(got[1].reshape(()), want[1], "γ", "x (2, 16, 4, 8)")
     _passed(
         "check_self_attention_2d",
         "structure (convs, no biases, γ = 0 → identity), attention and output against "

@@ -14,6 +14,7 @@ from sagan_edu.checks._common import (
     _call,
     _expect_close,
     _expect_dtype,
+    _expect_grad,
     _expect_graph,
     _fail,
     _fixed_seed,
@@ -22,6 +23,7 @@ from sagan_edu.checks._common import (
     _passed,
     _randn,
     _tensor,
+    checked,
 )
 from sagan_edu.losses import d_hinge_loss, g_hinge_loss
 from sagan_edu.spectral_norm import SpectralNorm
@@ -67,6 +69,74 @@ def _power_iteration_with_grad(weight: Tensor, u: Tensor, n_iterations: int) -> 
     return weight / torch.dot(u, w @ v)
 
 
+def _power_iteration_variant(
+    weight: Tensor, u: Tensor, n: int, *, normalise_v: bool = True, sigma_from_old_u: bool = False
+) -> tuple[Tensor, Tensor]:
+    """(weight / σ, u) in float64 by power iteration, with one step done the way a mistake does.
+
+    n = 0 means no update of u: v = normalize(Wᵀu) and σ = uᵀWv from the u given.
+    """
+    w = weight.detach().double().flatten(1)  # (out, in·kh·kw)
+    u0 = u = u.detach().double()
+    v = F.normalize(w.t() @ u, dim=0)
+    for _ in range(n):
+        v = w.t() @ u
+        v = F.normalize(v, dim=0) if normalise_v else v
+        u = F.normalize(w @ v, dim=0)
+    sigma = torch.dot(u0 if sigma_from_old_u else u, w @ v)
+    return (weight.detach().double() / sigma).to(weight.dtype), u.to(u0.dtype)
+
+
+def _sn_weight_mistakes(weight: Tensor, u: Tensor, n: int) -> list[tuple[Tensor, str]]:
+    """Normalised weights that common mistakes give, with what to say about each."""
+    w = weight.detach().double()
+    exact = torch.linalg.matrix_norm(w.flatten(1), ord=2)
+    mistakes = [
+        (
+            (w / w.flatten(1).norm()).to(weight.dtype),
+            "you divided by the Frobenius norm ‖W‖_F (the root of the sum of squares); spectral "
+            "norm divides by the largest singular value σ = uᵀWv from the power iteration",
+        ),
+        (
+            _power_iteration_times_sigma(weight, u, n),
+            "you multiplied the weight by σ; divide it by σ",
+        ),
+        (
+            _power_iteration_variant(weight, u, n, normalise_v=False)[0],
+            "v is not normalised: after v = Wᵀu, divide it by its length too (F.normalize(…, "
+            "dim=0)), not only u; σ = uᵀWv assumes both are unit vectors",
+        ),
+        (
+            _power_iteration_variant(weight, u, n, sigma_from_old_u=True)[0],
+            "your σ uses the u you were given, not the updated one: compute σ = uᵀWv after the "
+            "loop, with the u and v of the last iteration",
+        ),
+        (
+            _power_iteration_variant(weight, u, n + 1)[0],
+            f"you ran {n + 1} power iterations for n_iterations={n}: one iteration is one update "
+            "of v and then one of u",
+        ),
+        (
+            _power_iteration_variant(weight, u, n - 1)[0],
+            f"you ran {n - 1} full power iterations for n_iterations={n}"
+            + (
+                " (v updated from the u given, but u not updated before σ = uᵀWv): finish each "
+                "iteration with u = normalize(Wv)"
+                if n == 1
+                else ": one iteration is one update of v and then one of u"
+            ),
+        ),
+        (
+            (w / exact).to(weight.dtype),
+            "you divided by the exact largest singular value (an SVD or matrix_norm(ord=2)); "
+            "the exercise asks for the power-iteration estimate σ = uᵀWv after n_iterations "
+            "steps, which is what makes spectral norm cheap",
+        ),
+    ]
+    return mistakes
+
+
+@checked
 def check_spectral_normalise(
     spectral_normalise: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]],
 ) -> None:
@@ -103,32 +173,23 @@ def check_spectral_normalise(
                 )
             _expect_dtype(got_w, dtype, "your normalised weight")
             if got_u.shape != (rows,):
-                _fail(f"your u has shape {tuple(got_u.shape)}, expected ({rows},) ({where})")
+                _fail(
+                    f"your u has shape {tuple(got_u.shape)}, expected ({rows},), one entry per "
+                    f"output row of W ({where})"
+                    + (": that is v's size, return u" if got_u.shape == (cols,) else "")
+                )
             if not torch.allclose(got_u.double().norm(), torch.tensor(1.0).double(), atol=1e-4):
                 _fail(
                     f"your u has length {got_u.double().norm().item():.3g} ({where}): normalise "
                     "u and v after every multiplication (F.normalize(..., dim=0)), or σ = uᵀWv "
                     "will be off"
                 )
-            w = weight.double()
-            fro = w / w.flatten(1).norm()
             _expect_close(
                 got_w,
                 expected_w,
                 "your normalised weight",
                 where,
-                mistakes=[
-                    (
-                        fro.to(dtype),
-                        "you divided by the Frobenius norm ‖W‖_F (the root of the sum of "
-                        "squares); spectral norm divides by the largest singular value σ = uᵀWv "
-                        "from the power iteration",
-                    ),
-                    (
-                        _power_iteration_times_sigma(weight, u, n),
-                        "you multiplied the weight by σ; divide it by σ",
-                    ),
-                ],
+                mistakes=_sn_weight_mistakes(weight, u, n),
                 advice="Per iteration: v = normalize(Wᵀu), u = normalize(Wv); then σ = uᵀWv and "
                 "the result is weight / σ.",
                 **({"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float64 else {}),
@@ -138,7 +199,21 @@ def check_spectral_normalise(
                     f"the u you returned is the u you were given ({where}): return the updated u, "
                     "so the next training step continues the power iteration where this one stopped"
                 )
-            _expect_close(got_u, expected_u, "your updated u", where, rtol=1e-4, atol=1e-5)
+            _expect_close(
+                got_u,
+                expected_u,
+                "your updated u",
+                where,
+                mistakes=[
+                    (
+                        _power_iteration_variant(weight, u, n - 1)[1] if n > 1 else None,
+                        "the u you returned is one iteration behind: return u after the last "
+                        "update, the one σ was computed with",
+                    ),
+                ],
+                rtol=1e-4,
+                atol=1e-5,
+            )
 
         # Many iterations converge to the true largest singular value.
         weight = _matrix_with_singular_values(9, 6, 3.0, gen).float()
@@ -162,10 +237,15 @@ def check_spectral_normalise(
         got = _grads([got_w], [weight])[0]
         want = _grads([expected_w], [weight])[0]
         through_uv = _grads([_power_iteration_with_grad(weight, u, 1)], [weight])[0]
-        _expect_close(
+        with torch.no_grad():
+            _, u_new = _library_spectral_normalise(weight, u, 1)
+            v_new = F.normalize(weight.flatten(1).t() @ u_new, dim=0)
+        sigma = torch.dot(u_new, weight.flatten(1) @ v_new).detach()
+        sigma_detached = _grads([weight / sigma], [weight])[0]
+        _expect_grad(
             got,
             want,
-            "the gradient with respect to the weight",
+            "the weight",
             "a (6, 8) weight, one iteration",
             mistakes=[
                 (
@@ -173,6 +253,12 @@ def check_spectral_normalise(
                     "your gradient also flows through u and v: run the power iteration under "
                     "torch.no_grad() (the paper treats u and v as constants), and compute only σ "
                     "= uᵀWv with gradients",
+                ),
+                (
+                    sigma_detached,
+                    "σ is detached (computed under torch.no_grad() or with .detach()/.item()), so "
+                    "the gradient only sees weight / constant. The gradient must also flow "
+                    "through σ = uᵀWv: keep u and v constant, but compute σ from W with autograd",
                 ),
             ],
         )
@@ -223,6 +309,7 @@ def _scalar_loss(value: Any, what: str) -> Tensor:
     return loss
 
 
+@checked
 def check_d_hinge_loss(d_hinge_loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Exercise 6a: `d_hinge_loss(real_logits, fake_logits)` = mean(relu(1 − real)) + "
     "mean(relu(1 + fake))."""
@@ -280,17 +367,14 @@ def check_d_hinge_loss(d_hinge_loss_fn: Callable[[Tensor, Tensor], Tensor]) -> N
         got = _grads([loss], [real, fake])
         want = _grads([d_hinge_loss(real, fake)], [real, fake])
         for name, g, r in zip(("real", "fake"), got, want, strict=True):
-            _expect_close(
-                g, r, f"the gradient with respect to the {name} logits",
-                "real [2, 0.5, −1], fake [−2, −0.5, 1.5, 0]",
-                advice="Logits beyond the margin (real > 1, fake < −1) must get zero gradient.",
-            )  # fmt: skip
+            _expect_grad(g, r, f"the {name} logits", "real [2, 0.5, −1], fake [−2, −0.5, 1.5, 0]")
     _passed(
         "check_d_hinge_loss",
         "values on 4 batches (different sizes, both sides of the margins, float64) and gradients.",
     )
 
 
+@checked
 def check_g_hinge_loss(g_hinge_loss_fn: Callable[[Tensor], Tensor]) -> None:
     """Exercise 6b: `g_hinge_loss(fake_logits)` = −mean(fake_logits)."""
     fn = g_hinge_loss_fn
@@ -329,7 +413,5 @@ def check_g_hinge_loss(g_hinge_loss_fn: Callable[[Tensor], Tensor]) -> None:
         loss = _scalar_loss(_call(fn, fake), "your G loss")
         _expect_graph(loss, "your G loss")
         got, want = _grads([loss], [fake])[0], _grads([g_hinge_loss(fake)], [fake])[0]
-        _expect_close(
-            got, want, "the gradient with respect to the fake logits", "fake [−2, 0.5, 3]"
-        )
+        _expect_grad(got, want, "the fake logits", "fake [−2, 0.5, 3]")
     _passed("check_g_hinge_loss", "values on 4 batches (incl. float64) and gradients.")

@@ -21,6 +21,7 @@ from sagan_edu.checks._common import (
     _number,
     _passed,
     _randn,
+    checked,
 )
 from sagan_edu.losses import d_hinge_loss, g_hinge_loss
 from sagan_edu.spectral_norm import spectral_norm as apply_spectral_norm
@@ -133,6 +134,7 @@ def _fill_stale_grads(model: nn.Module) -> None:
         p.grad = torch.full_like(p, _STALE)
 
 
+@checked
 def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
     """Exercise 7a: `discriminator_step(G, D, opt_d, real, z)` -> the D loss (hinge).
 
@@ -236,6 +238,7 @@ def _d_loss_variants(G: nn.Module, D: nn.Module, real: Tensor, z: Tensor) -> dic
         }
 
 
+@checked
 def check_generator_step(generator_step: Callable[..., Any]) -> None:
     """Exercise 7b: `generator_step(G, D, opt_g, z)` -> the G loss (hinge).
 
@@ -341,6 +344,7 @@ def _ema_models(seed: int) -> tuple[nn.Module, nn.Module]:
     return ema, model
 
 
+@checked
 def check_update_ema(update_ema_fn: Callable[[nn.Module, nn.Module, float], Any]) -> None:
     """Exercise 8: `update_ema(ema_model, model, decay)`, in place.
 
