@@ -228,12 +228,28 @@ def _expect_close(
     for wrong, explanation in mistakes:
         if wrong is not None and _close(actual, wrong, **tol):
             _fail(f"{explanation}\n  (Seen for {where}.)")
+    if _lost_unit_dims(actual.shape, expected.shape):
+        _fail(_squeeze_advice(what, actual.shape, expected.shape, where))
     if actual.shape != expected.shape:
         _fail(f"{what} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)} ({where})")
     message = (
         f"{what} differs from the reference by up to {_max_diff(actual, expected):.3g} ({where})."
     )
     _fail(message + (f"\n  {advice}" if advice else ""))
+
+
+def _lost_unit_dims(actual: torch.Size, expected: torch.Size) -> bool:
+    """True when two shapes differ only by dimensions of size 1 (a .squeeze(), or a [0])."""
+    return actual != expected and [n for n in actual if n != 1] == [n for n in expected if n != 1]
+
+
+def _squeeze_advice(what: str, actual: torch.Size, expected: torch.Size, where: str) -> str:
+    return (
+        f"{what} has shape {tuple(actual)}, expected {tuple(expected)} ({where}): the same "
+        "numbers, but a dimension of size 1 went missing or appeared. .squeeze() removes every "
+        "size-1 dimension, including real ones like a single query (Lq = 1) or a batch of 1: "
+        "keep the shape, or name the dimension (.squeeze(-1))"
+    )
 
 
 def _expect_dtype(actual: Tensor, dtype: torch.dtype, what: str) -> None:

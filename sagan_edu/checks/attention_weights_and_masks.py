@@ -11,6 +11,7 @@ from sagan_edu.attention import scaled_dot_product_attention
 from sagan_edu.checks._common import (
     Tensor,
     _call,
+    _close,
     _expect_close,
     _expect_dtype,
     _expect_grad,
@@ -18,10 +19,12 @@ from sagan_edu.checks._common import (
     _fail,
     _fixed_seed,
     _grads,
+    _lost_unit_dims,
     _pair,
     _passed,
     _randn,
     _shapes,
+    _squeeze_advice,
     _tensor,
     checked,
 )
@@ -62,6 +65,8 @@ def _check_weight_values(w: Tensor, q: Tensor, k: Tensor, expected: Tensor, wher
     """Shape, dtype, finiteness, rows summing to 1 and values of unmasked attention weights."""
     lq, lk = q.shape[-2], k.shape[-2]
     if w.shape != expected.shape:
+        if _lost_unit_dims(w.shape, expected.shape):
+            _fail(_squeeze_advice("your attention weights", w.shape, expected.shape, where))
         if w.shape[-2:] == (lk, lq) and lk != lq:
             _fail(
                 f"your attention weights have shape {tuple(w.shape)}, expected "
@@ -170,6 +175,8 @@ def check_scaled_dot_product_attention(
             if w.shape == expected_out.shape != expected_w.shape and out.shape == expected_w.shape:
                 _fail(f"you returned (weights, out); return (out, weights) ({where})")
             _check_weight_values(w, q, k, expected_w, where)
+            if _lost_unit_dims(out.shape, expected_out.shape):
+                _fail(_squeeze_advice("your output", out.shape, expected_out.shape, where))
             if out.shape != expected_out.shape:
                 _fail(
                     f"your output has shape {tuple(out.shape)}, expected "
@@ -238,6 +245,12 @@ def _mask_cases(seed: int = 0) -> list[tuple[str, Tensor, Tensor, Tensor, Tensor
     return cases
 
 
+_MASK_HINT = (
+    _BATCH_HINT + " The mask broadcasts to (..., Lq, Lk); a reduction such as mask.any(dim=-1) "
+    "needs keepdim=True to broadcast back against it."
+)
+
+
 @checked
 def check_masked_attention(
     masked_attention: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]],
@@ -251,7 +264,7 @@ def check_masked_attention(
             where = f"q {tuple(q.shape)}, k {tuple(k.shape)}, {description}"
             expected_out, expected_w = scaled_dot_product_attention(q, k, v, mask=mask)
             result = _call(
-                masked_attention, q.clone(), k.clone(), v.clone(), mask.clone(), hint=_BATCH_HINT
+                masked_attention, q.clone(), k.clone(), v.clone(), mask.clone(), hint=_MASK_HINT
             )
             out, w = _pair(result, "your function", "out, weights")
             out, w = _tensor(out, "the output"), _tensor(w, "the weights")
@@ -289,15 +302,60 @@ def check_masked_attention(
     )
 
 
+def _empty_row_weights(q: Tensor, k: Tensor, mask: Tensor, attends: Tensor) -> Tensor:
+    """Masked weights where `attends` marks what the code believes are the usable rows."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
+    safe = mask.expand(scores.shape) | ~attends
+    return torch.softmax(scores.masked_fill(~safe, float("-inf")), dim=-1) * attends
+
+
+def _empty_row_mistakes(q: Tensor, k: Tensor, mask: Tensor) -> list[tuple[Tensor, str]]:
+    """Weights from finding the empty rows along the wrong axis, with what to say."""
+    full = mask.expand(*q.shape[:-1], k.shape[-2])  # (..., Lq, Lk)
+    columns = full.any(dim=-2, keepdim=True)  # (..., 1, Lk): per key, not per query
+    mistakes = [
+        (
+            _empty_row_weights(q, k, mask, columns),
+            "you looked for empty rows with mask.any(dim=-2), which goes down each column (one "
+            "answer per key). A query that may attend to nothing has an all-False row: use "
+            "mask.any(dim=-1, keepdim=True), one answer per query",
+        )
+    ]
+    if q.shape[-2] == k.shape[-2]:  # without keepdim, (..., Lq) broadcasts as a row of keys
+        rows_as_keys = full.any(dim=-1).unsqueeze(-2)  # (..., 1, Lq)
+        mistakes.append(
+            (
+                _empty_row_weights(q, k, mask, rows_as_keys),
+                "mask.any(dim=-1) without keepdim=True has shape (..., Lq), which broadcasts "
+                "against (..., Lq, Lk) as if it were one entry per key: use mask.any(dim=-1, "
+                "keepdim=True), shape (..., Lq, 1)",
+            )
+        )
+    return mistakes
+
+
+def _close_with_nan(actual: Tensor, expected: Tensor) -> bool:
+    """Like _close, but NaN in the same places counts as equal (a mistake that produces NaN)."""
+    if actual.shape != expected.shape:
+        return False
+    a, b = actual.detach().double(), expected.detach().double()
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
 def _check_masked_weights(
     w: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, expected: Tensor, where: str
 ) -> None:
+    if _lost_unit_dims(w.shape, expected.shape):
+        _fail(_squeeze_advice("your attention weights", w.shape, expected.shape, where))
     if w.shape != expected.shape:
         _fail(
             f"your attention weights have shape {tuple(w.shape)}, expected "
             f"{tuple(expected.shape)} (..., queries, keys) ({where}); the mask broadcasts to the "
             "scores, it does not change their shape"
         )
+    for wrong, explanation in _empty_row_mistakes(q, k, mask):
+        if _close_with_nan(w, wrong) and not _close(w, expected):
+            _fail(f"{explanation} ({where})")
     _expect_dtype(w, q.dtype, "your attention weights")
     mask = mask.expand(expected.shape)
     empty = ~mask.any(-1)  # (..., Lq)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from sagan_edu.checks._common import (
     Tensor,
     _call,
+    _close,
     _expect_close,
     _expect_dtype,
     _expect_grad,
@@ -25,7 +26,7 @@ from sagan_edu.checks._common import (
     _tensor,
     checked,
 )
-from sagan_edu.losses import d_hinge_loss, g_hinge_loss
+from sagan_edu.losses import d_hinge_loss, d_nonsaturating_loss, g_hinge_loss
 from sagan_edu.spectral_norm import SpectralNorm
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +293,11 @@ def _logit_cases(seed: int = 0) -> list[tuple[str, Tensor, Tensor]]:
             torch.tensor([-3.0, -1.5, 0.4, 0.9, 2.5]),
         ),
         (
+            "batch means beyond the margins, single logits inside",
+            torch.tensor([4.0, 3.0, 0.5, -0.5]),
+            torch.tensor([-4.0, -3.0, -0.5, 0.5]),
+        ),
+        (
             "float64 logits, batch 6",
             _randn(6, gen=gen, dtype=torch.float64),
             _randn(6, gen=gen, dtype=torch.float64),
@@ -309,57 +315,106 @@ def _scalar_loss(value: Any, what: str) -> Tensor:
     return loss
 
 
+def _first_wrong_loss(
+    results: list[tuple[str, Tensor, Tensor, Tensor]],
+    expected: Callable[[Tensor, Tensor], Tensor],
+    mistakes: list[tuple[Callable[[Tensor, Tensor], Tensor], str]],
+    what: str,
+    advice: str,
+) -> None:
+    """Fail on the first input where the loss is wrong, naming a mistake only if it explains the
+    loss on every input (so a loss that matches a mistake by chance on one batch is not told
+    the wrong thing)."""
+    for where, real, fake, loss in results:
+        want = expected(real, fake)
+        if _close(loss, want):
+            continue
+        for mistake, explanation in mistakes:
+            if all(_close(got, mistake(r, f)) for _, r, f, got in results):
+                _fail(f"{explanation}\n  (Seen for {where}.)")
+        _fail(
+            f"{what} is {loss.item():.5g}, expected {want.item():.5g} for {where}, real logits "
+            f"{[round(x, 3) for x in real.tolist()]}, fake logits "
+            f"{[round(x, 3) for x in fake.tolist()]}.\n  {advice}"
+        )
+
+
+_D_HINGE_MISTAKES = [
+    (
+        lambda r, f: d_hinge_loss(f, r),
+        "you swapped real and fake: D should push real logits above +1, relu(1 − real), and fake "
+        "logits below −1, relu(1 + fake)",
+    ),
+    (
+        lambda r, f: F.relu(1 - r.mean()) + F.relu(1 + f.mean()),
+        "you applied the relu to the batch means, relu(1 − mean(real)); the hinge acts on each "
+        "logit and the mean comes after it: mean(relu(1 − real)). With the mean inside, "
+        "confident logits hide the ones still inside the margin",
+    ),
+    (
+        lambda r, f: (1 - r).mean() + (1 + f).mean(),
+        "your loss has no relu: without max(0, ·) D keeps being rewarded for logits far beyond "
+        "the margin, and its logits grow without bound. Use F.relu(1 − real) and F.relu(1 + fake)",
+    ),
+    (
+        lambda r, f: F.relu(1 - r).sum() + F.relu(1 + f).sum(),
+        "you summed over the batch; take the mean (.mean()) so the loss does not grow with the "
+        "batch size",
+    ),
+    (
+        lambda r, f: F.relu(-r).mean() + F.relu(f).mean(),
+        "your margin is 0; the hinge margin is 1: relu(1 − real) and relu(1 + fake)",
+    ),
+    (
+        lambda r, f: F.relu(1 - r).mean() + F.relu(1 - f).mean(),
+        "your fake term is relu(1 − fake); it should be relu(1 + fake): D wants fake logits "
+        "below −1",
+    ),
+    (
+        lambda r, f: F.relu(1 + r).mean() + F.relu(1 - f).mean(),
+        "your signs are flipped: relu(1 + real) + relu(1 − fake) pushes real logits down and "
+        "fake ones up; D wants relu(1 − real) + relu(1 + fake)",
+    ),
+    (
+        lambda r, f: d_hinge_loss(r, f) / 2,
+        "your loss is half the expected value: add the two means, don't average them",
+    ),
+    (
+        lambda r, f: F.relu(1 - torch.cat([r, f])).mean(),
+        "you scored real and fake logits with the same term; fakes need relu(1 + fake)",
+    ),
+    (
+        lambda r, f: F.relu(torch.cat([1 - r, 1 + f])).mean(),
+        "you averaged real and fake logits together in one mean; the loss is the sum of two "
+        "means, one per batch, which differs when the batches have different sizes",
+    ),
+    (
+        lambda r, f: d_nonsaturating_loss(r, f),
+        "that is the binary cross-entropy (non-saturating) loss softplus(−real) + softplus(fake); "
+        "the hinge loss is mean(relu(1 − real)) + mean(relu(1 + fake))",
+    ),
+]
+
+
 @checked
 def check_d_hinge_loss(d_hinge_loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Exercise 6a: `d_hinge_loss(real_logits, fake_logits)` = mean(relu(1 − real)) + "
     "mean(relu(1 + fake))."""
     fn = d_hinge_loss_fn
     with _fixed_seed():
+        results = []
         for description, real, fake in _logit_cases():
             where = f"{description}: real {tuple(real.shape)}, fake {tuple(fake.shape)}"
-            expected = d_hinge_loss(real, fake)
             loss = _scalar_loss(_call(fn, real.clone(), fake.clone()), "your D loss")
             _expect_dtype(loss, real.dtype, "your D loss")
-            _expect_close(
-                loss,
-                expected,
-                "your D loss",
-                where,
-                mistakes=[
-                    (
-                        d_hinge_loss(fake, real),
-                        "you swapped real and fake: D should push real logits above +1, relu(1 − "
-                        "real), and fake logits below −1, relu(1 + fake)",
-                    ),
-                    (
-                        (1 - real).mean() + (1 + fake).mean(),
-                        "your loss has no relu: without max(0, ·) D keeps being rewarded for "
-                        "logits far beyond the margin, and its logits grow without bound. Use "
-                        "F.relu(1 − real) and F.relu(1 + fake)",
-                    ),
-                    (
-                        F.relu(1 - real).sum() + F.relu(1 + fake).sum(),
-                        "you summed over the batch; take the mean (.mean()) so the loss does not "
-                        "grow with the batch size",
-                    ),
-                    (
-                        F.relu(-real).mean() + F.relu(fake).mean(),
-                        "your margin is 0; the hinge margin is 1: relu(1 − real) and relu(1 + "
-                        "fake)",
-                    ),
-                    (
-                        F.relu(1 - real).mean() + F.relu(1 - fake).mean(),
-                        "your fake term is relu(1 − fake); it should be relu(1 + fake): D wants "
-                        "fake logits below −1",
-                    ),
-                    (
-                        d_hinge_loss(real, fake) / 2,
-                        "your loss is half the expected value: add the two means, don't average "
-                        "them",
-                    ),
-                ],
-                advice="Expected mean(relu(1 − real_logits)) + mean(relu(1 + fake_logits)).",
-            )
+            results.append((where, real, fake, loss))
+        _first_wrong_loss(
+            results,
+            d_hinge_loss,
+            _D_HINGE_MISTAKES,
+            "your D loss",
+            "Expected mean(relu(1 − real_logits)) + mean(relu(1 + fake_logits)).",
+        )
         real = torch.tensor([2.0, 0.5, -1.0]).requires_grad_()
         fake = torch.tensor([-2.0, -0.5, 1.5, 0.0]).requires_grad_()
         loss = _scalar_loss(_call(fn, real, fake), "your D loss")
@@ -370,8 +425,33 @@ def check_d_hinge_loss(d_hinge_loss_fn: Callable[[Tensor, Tensor], Tensor]) -> N
             _expect_grad(g, r, f"the {name} logits", "real [2, 0.5, −1], fake [−2, −0.5, 1.5, 0]")
     _passed(
         "check_d_hinge_loss",
-        "values on 4 batches (different sizes, both sides of the margins, float64) and gradients.",
+        "values on 5 batches (different sizes, both sides of the margins, float64) and gradients.",
     )
+
+
+_G_HINGE_MISTAKES = [
+    (
+        lambda f: f.mean(),
+        "your G loss has the wrong sign: G wants D to score its images high, so it minimises "
+        "−mean(D(fake))",
+    ),
+    (
+        lambda f: F.relu(1 - f).mean(),
+        "you gave G a margin, relu(1 − fake): SAGAN's generator loss has none, it is "
+        "−mean(D(fake)), so G keeps improving even past the margin",
+    ),
+    (
+        lambda f: F.relu(1 + f).mean(),
+        "you gave G the discriminator's fake term, relu(1 + fake): that is what D minimises; G "
+        "minimises −mean(D(fake)), with no margin",
+    ),
+    (
+        lambda f: F.softplus(-f).mean(),
+        "that is the non-saturating loss softplus(−D(fake)); the hinge version for G is "
+        "−mean(D(fake))",
+    ),
+    (lambda f: -f.sum(), "you summed over the batch; take the mean"),
+]
 
 
 @checked
@@ -379,39 +459,22 @@ def check_g_hinge_loss(g_hinge_loss_fn: Callable[[Tensor], Tensor]) -> None:
     """Exercise 6b: `g_hinge_loss(fake_logits)` = −mean(fake_logits)."""
     fn = g_hinge_loss_fn
     with _fixed_seed():
+        results = []
         for description, _real, fake in _logit_cases():
             where = f"{description}: fake {tuple(fake.shape)}"
-            expected = g_hinge_loss(fake)
             loss = _scalar_loss(_call(fn, fake.clone()), "your G loss")
             _expect_dtype(loss, fake.dtype, "your G loss")
-            _expect_close(
-                loss,
-                expected,
-                "your G loss",
-                where,
-                mistakes=[
-                    (
-                        fake.mean(),
-                        "your G loss has the wrong sign: G wants D to score its images high, so "
-                        "it minimises −mean(D(fake))",
-                    ),
-                    (
-                        F.relu(1 - fake).mean(),
-                        "you gave G a margin, relu(1 − fake): SAGAN's generator loss has none, "
-                        "it is −mean(D(fake)), so G keeps improving even past the margin",
-                    ),
-                    (
-                        F.softplus(-fake).mean(),
-                        "that is the non-saturating loss softplus(−D(fake)); the hinge version "
-                        "for G is −mean(D(fake))",
-                    ),
-                    (-fake.sum(), "you summed over the batch; take the mean"),
-                ],
-                advice="Expected −mean(fake_logits).",
-            )
+            results.append((where, fake, fake, loss))
+        _first_wrong_loss(
+            results,
+            lambda _, f: g_hinge_loss(f),
+            [((lambda _, f, m=m: m(f)), explanation) for m, explanation in _G_HINGE_MISTAKES],
+            "your G loss",
+            "Expected −mean(fake_logits).",
+        )
         fake = torch.tensor([-2.0, 0.5, 3.0]).requires_grad_()
         loss = _scalar_loss(_call(fn, fake), "your G loss")
         _expect_graph(loss, "your G loss")
         got, want = _grads([loss], [fake])[0], _grads([g_hinge_loss(fake)], [fake])[0]
         _expect_grad(got, want, "the fake logits", "fake [−2, 0.5, 3]")
-    _passed("check_g_hinge_loss", "values on 4 batches (incl. float64) and gradients.")
+    _passed("check_g_hinge_loss", "values on 5 batches (incl. float64) and gradients.")

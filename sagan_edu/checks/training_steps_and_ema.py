@@ -23,7 +23,7 @@ from sagan_edu.checks._common import (
     _randn,
     checked,
 )
-from sagan_edu.losses import d_hinge_loss, g_hinge_loss
+from sagan_edu.losses import d_hinge_loss, d_nonsaturating_loss, g_hinge_loss
 from sagan_edu.spectral_norm import spectral_norm as apply_spectral_norm
 from sagan_edu.training import update_ema
 
@@ -129,6 +129,35 @@ class _WatchGenerator:
         self.backward_reached = True
 
 
+def _modes(model: nn.Module) -> list[bool]:
+    """The train/eval flag of every submodule."""
+    return [m.training for m in model.modules()]
+
+
+_MODE_ADVICE = {
+    "G": "G.eval() changes what G computes (BatchNorm switches to its running statistics, which "
+    "then stop learning); torch.no_grad() or .detach() is what keeps gradients out of G",
+    "D": "D.eval() changes what D computes (spectral norm's u stops updating, BatchNorm uses "
+    "running statistics); only opt_g.step() changes weights, so D needs no freezing, and "
+    "D.requires_grad_(False) only saves computing D's gradients",
+}
+
+
+def _expect_modes_kept(
+    models: dict[str, nn.Module], before: dict[str, list[bool]], step: str
+) -> None:
+    """Every model must be in the same train/eval mode after the step as before it."""
+    for name, model in models.items():
+        if _modes(model) != before[name]:
+            now = "train" if model.training else "eval"
+            was = "train" if before[name][0] else "eval"
+            _fail(
+                f"your {step} left {name} in {now} mode; it was in {was} mode before the step. "
+                f"{_MODE_ADVICE[name]}. If you switch a model's mode, switch it back before "
+                "returning"
+            )
+
+
 def _fill_stale_grads(model: nn.Module) -> None:
     for p in model.parameters():
         p.grad = torch.full_like(p, _STALE)
@@ -154,6 +183,7 @@ def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
             _fill_stale_grads(D)
             _fill_stale_grads(D_ref)
             g_before, d_before = _snapshot(G), _snapshot(D)
+            modes_before = {"G": _modes(G), "D": _modes(D)}
             watch = _WatchGenerator(G)
             try:
                 loss = _call(discriminator_step, G, D, opt_d, real.clone(), z.clone())
@@ -177,6 +207,7 @@ def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
                 )
             if not _unchanged(G, g_before):
                 _fail("your discriminator step changed G's weights: only opt_d.step() belongs here")
+            _expect_modes_kept({"G": G, "D": D}, modes_before, "discriminator step")
             if any(not p.requires_grad for p in D.parameters()):
                 _fail(
                     "after your discriminator step some of D's parameters have "
@@ -190,12 +221,12 @@ def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
                         "swapped: d_hinge_loss(real_logits, fake_logits), real first, pushes "
                         "D(real) above +1 and D(fake) below −1"
                     )
-                if math.isclose(value, variants["real only"], rel_tol=1e-4, abs_tol=1e-5):
-                    _fail(
-                        f"your D loss ({value:.4f}, expected {expected:.4f}) only scores the real "
-                        "images: D must also learn to reject the fakes, d_hinge_loss(D(real), "
-                        "D(fake))"
-                    )
+                for variant, explanation in _D_LOSS_MISTAKES.items():
+                    if math.isclose(value, variants[variant], rel_tol=1e-4, abs_tol=1e-5):
+                        _fail(
+                            f"your D loss ({value:.4f}, expected {expected:.4f}, {where}) "
+                            f"{explanation}"
+                        )
                 _fail(
                     f"your discriminator step returned loss {value:.4f}, expected "
                     f"{expected:.4f} ({where}): the D loss is d_hinge_loss(D(real), D(fake)) "
@@ -229,12 +260,51 @@ def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
     )
 
 
+_D_LOSS_MISTAKES = {
+    "real only": "only scores the real images: D must also learn to reject the fakes, "
+    "d_hinge_loss(D(real), D(fake))",
+    "non-saturating": "is the non-saturating (binary cross-entropy) loss, softplus(−D(real)) + "
+    "softplus(D(fake)); this course's SAGAN trains with the hinge loss, "
+    "d_hinge_loss(D(real), D(fake))",
+    "no relu": "has no relu: (1 − D(real)).mean() + (1 + D(fake)).mean() keeps rewarding D for "
+    "logits far beyond the margins; use d_hinge_loss(D(real), D(fake))",
+    "summed": "sums over the batch; the hinge loss takes the mean (d_hinge_loss does)",
+}
+
+
 def _d_loss_variants(G: nn.Module, D: nn.Module, real: Tensor, z: Tensor) -> dict[str, float]:
     with torch.no_grad():
         real_logits, fake_logits = D(real), D(G(z))
         return {
             "swapped": d_hinge_loss(fake_logits, real_logits).item(),
             "real only": F.relu(1 - real_logits).mean().item(),
+            "non-saturating": d_nonsaturating_loss(real_logits, fake_logits).item(),
+            "no relu": ((1 - real_logits).mean() + (1 + fake_logits).mean()).item(),
+            "summed": (F.relu(1 - real_logits).sum() + F.relu(1 + fake_logits).sum()).item(),
+        }
+
+
+_G_LOSS_MISTAKES = {
+    "positive": "has the wrong sign: G wants D to score its images high, so it minimises "
+    "−mean(D(G(z))) = g_hinge_loss(D(G(z)))",
+    "margin": "has a margin, relu(1 − D(G(z))); SAGAN's generator loss has none: −mean(D(G(z)))",
+    "non-saturating": "is the non-saturating loss softplus(−D(G(z))) (binary cross-entropy "
+    "against 'real'); with the hinge loss G minimises −mean(D(G(z))) = g_hinge_loss(D(G(z)))",
+    "saturating": "is the original minimax loss, log(1 − sigmoid(D(G(z)))) = −softplus(D(G(z))), "
+    "whose gradient vanishes while D easily rejects the fakes; use g_hinge_loss(D(G(z)))",
+    "summed": "sums over the batch; take the mean: −mean(D(G(z)))",
+}
+
+
+def _g_loss_variants(G: nn.Module, D: nn.Module, z: Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        logits = D(G(z))
+        return {
+            "positive": logits.mean().item(),
+            "margin": F.relu(1 - logits).mean().item(),
+            "non-saturating": F.softplus(-logits).mean().item(),
+            "saturating": (-F.softplus(logits)).mean().item(),
+            "summed": (-logits.sum()).item(),
         }
 
 
@@ -253,24 +323,34 @@ def check_generator_step(generator_step: Callable[..., Any]) -> None:
             z = _randn(batch, _Z_DIM, gen=gen)
             where = f"batch of {batch}, tiny G and D, SGD with lr={_LR}"
             G_ref, D_ref = copy.deepcopy(G), copy.deepcopy(D)
-            with torch.no_grad():
-                variants = {
-                    "positive": g_hinge_loss(D(G(z))).neg().item(),
-                    "margin": F.relu(1 - D(G(z))).mean().item(),
-                }
+            variants = _g_loss_variants(G, D, z)
             opt_g = torch.optim.SGD(G.parameters(), lr=_LR)
             opt_ref = torch.optim.SGD(G_ref.parameters(), lr=_LR)
             _fill_stale_grads(G)
             _fill_stale_grads(G_ref)
             g_before, d_before = _snapshot(G), _snapshot(D)
-
-            loss = _call(
-                generator_step, G, D, opt_g, z.clone(),
-                hint="If this is 'element 0 of tensors does not require grad': the G loss must "
-                "depend on G's weights, so do not detach the fakes or use torch.no_grad() here.",
-            )  # fmt: skip
+            modes_before = {"G": _modes(G), "D": _modes(D)}
+            watch = _WatchGenerator(G)
+            try:
+                loss = _call(
+                    generator_step, G, D, opt_g, z.clone(),
+                    hint="If this is 'element 0 of tensors does not require grad': the G loss "
+                    "must depend on G's weights, so do not detach the fakes or use "
+                    "torch.no_grad() here.",
+                )  # fmt: skip
+            finally:
+                watch.handle.remove()
             expected_loss = reference_generator_step(G_ref, D_ref, opt_ref, z)
 
+            if not watch.inputs:
+                _fail("your generator step never called G: the G loss scores D(G(z))")
+            if not any(torch.equal(i, z) for i in watch.inputs):
+                _fail(
+                    "G was not called with the z you were given: do not draw fresh noise "
+                    "(torch.randn) inside the step; use z, so the step is reproducible and "
+                    "the caller decides the batch"
+                )
+            _expect_modes_kept({"G": G, "D": D}, modes_before, "generator step")
             if any(not p.requires_grad for p in D.parameters()):
                 _fail(
                     "after your generator step D's parameters still have requires_grad=False: "
@@ -284,14 +364,12 @@ def check_generator_step(generator_step: Callable[..., Any]) -> None:
                 )
             value = _number(loss, "the loss your generator step returned")
             if not math.isclose(value, expected_loss.item(), rel_tol=1e-4, abs_tol=1e-5):
-                if math.isclose(value, variants["positive"], rel_tol=1e-4, abs_tol=1e-5):
-                    _fail(
-                        f"your generator loss has the wrong sign ({value:.4f}, expected "
-                        f"{expected_loss.item():.4f}): G wants D to score its images high, so "
-                        "it minimises −mean(D(G(z))) = g_hinge_loss(D(G(z)))"
-                    )
-                if math.isclose(value, variants["margin"], rel_tol=1e-4, abs_tol=1e-5):
-                    _fail("your generator loss has a margin, relu(1 − D(G(z))); use −mean(D(G(z)))")
+                for variant, explanation in _G_LOSS_MISTAKES.items():
+                    if math.isclose(value, variants[variant], rel_tol=1e-4, abs_tol=1e-5):
+                        _fail(
+                            f"your generator loss ({value:.4f}, expected "
+                            f"{expected_loss.item():.4f}, {where}) {explanation}"
+                        )
                 _fail(
                     f"your generator step returned loss {value:.4f}, expected "
                     f"{expected_loss.item():.4f} ({where}): the G loss is g_hinge_loss(D(G(z)))"
@@ -299,13 +377,20 @@ def check_generator_step(generator_step: Callable[..., Any]) -> None:
             got, want = _changes(G, g_before), _changes(G_ref, g_before)
             if _same_changes(got, want):
                 continue
+            if not watch.backward_reached:
+                _fail(
+                    f"G's weights did not learn from the loss ({where}): no gradient reached G's "
+                    "output. The gradient must reach G through D, so do not detach the fake "
+                    "images or make them under torch.no_grad() in the generator step; then call "
+                    "loss.backward() and opt_g.step()"
+                )
             if all(
                 torch.allclose(c, torch.full_like(c, -_LR * _STALE)) for c in got.values()
             ) or all(c.abs().max() == 0 for c in got.values()):
                 _fail(
-                    f"G's weights did not learn from the loss ({where}): the gradient must reach "
-                    "G through D, so do not detach the fake images or make them under "
-                    "torch.no_grad() in the generator step; then loss.backward() and opt_g.step()"
+                    f"G's weights did not learn from the loss ({where}), although the gradient "
+                    "reached G: call opt_g.zero_grad() before loss.backward() and opt_g.step() "
+                    "after it, in this order"
                 )
             stale = {n: c - _LR * _STALE for n, c in want.items()}
             if _same_changes(got, stale):
