@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from sagan_edu.checks._common import (
+    CheckFailed,
     Tensor,
     _call,
     _expect_close,
@@ -60,7 +61,19 @@ def _fd_variants(a: Tensor, b: Tensor) -> list[tuple[float, str]]:
     biased_a, biased_b = torch.cov(a.T, correction=0), torch.cov(b.T, correction=0)
     biased = (mu + biased_a.trace() + biased_b.trace()).item() - 2 * _trace_sqrt(biased_a, biased_b)
     variance_only = mu + tr - 2 * (cov_a.diagonal() * cov_b.diagonal()).sqrt().sum().item()
+    eigvalsh_product = torch.linalg.eigvalsh(cov_a @ cov_b).clamp(min=0).sqrt().sum().item()
     return [
+        (
+            mu / a.shape[1] + tr + trace_sqrt,
+            "your mean term is the mean of the squared differences, ((μ_a − μ_b)**2).mean(); it "
+            "is their sum, the squared distance ‖μ_a − μ_b‖²",
+        ),
+        (
+            mu + tr - 2 * eigvalsh_product,
+            "torch.linalg.eigvalsh assumes a symmetric matrix and reads only one triangle of it, "
+            "but Σ_a Σ_b is not symmetric: use torch.linalg.eigvals (complex), or the symmetric "
+            "Σ_a^½ Σ_b Σ_a^½, which has the same eigenvalues",
+        ),
         (
             tr + trace_sqrt,
             "the mean term is missing: add ‖μ_a − μ_b‖², the squared distance between the two "
@@ -123,14 +136,36 @@ def check_frechet_distance(frechet_distance: Callable[[Tensor, Tensor], Any]) ->
         a, b = _correlated(60, 6, gen), 1.3 * _correlated(45, 6, gen) + 0.5
         c, d = _correlated(10, 3, gen), _correlated(13, 3, gen) - 1.0
         e, f = _correlated(300, 12, gen).float(), (0.8 * _correlated(200, 12, gen) + 0.2).float()
+        constant_a, constant_b = a.clone(), b.clone()
+        constant_a[:, 2], constant_b[:, 2] = 1.0, 3.0  # a dead feature: Σ has a zero row
+        few_a, few_b = _correlated(5, 12, gen), _correlated(7, 12, gen) + 0.5  # rank 4 and 6 of 12
         cases = [
             ("a (60, 6) and b (45, 6), float64", a, b, 1e-4),
             ("a (10, 3) and b (13, 3): few samples, float64", c, d, 1e-4),
             ("a (300, 12) and b (200, 12), float32", e, f, 1e-3),
-        ]
+            ("a (60, 6) and b (45, 6) whose feature 2 is constant (singular Σ)", constant_a,
+             constant_b, 1e-4),
+            ("a (5, 12) and b (7, 12): fewer samples than features (singular Σ)", few_a, few_b,
+             1e-4),
+        ]  # fmt: skip
+        hint = (
+            "torch.cov treats each ROW as one variable: for features (N, D), torch.cov(features.T) "
+            "is the (D, D) covariance. Covariances can be singular here (a constant feature, "
+            "fewer samples than features), so avoid a Cholesky factor or an inverse."
+        )
         for where, x, y, rtol in cases:
             expected = reference_frechet_distance(x, y)
-            value = _number(_call(fn, x.clone(), y.clone()), "your Fréchet distance")
+            value = _number(_call(fn, x.clone(), y.clone(), hint=hint), "your Fréchet distance")
+            if math.isnan(value) and "singular" in where:
+                _fail(
+                    f"your Fréchet distance is NaN for {where}. When a covariance is singular, "
+                    "some eigenvalues of Σ_a Σ_b are 0 in exact arithmetic and come out as tiny "
+                    "negative numbers (−1e-17) in floating point, and their square root is NaN. "
+                    "This happens with real features (a classifier's dead ReLU units, or fewer "
+                    "images than features): clamp them at 0 before the square root "
+                    "(.real.clamp(min=0).sqrt()), or take the square root of the complex "
+                    "eigenvalues and keep its real part (.sqrt().real)"
+                )
             if math.isnan(value):
                 _fail(
                     f"your Fréchet distance is NaN ({where}): a square root of a negative "
@@ -174,7 +209,8 @@ def check_frechet_distance(frechet_distance: Callable[[Tensor, Tensor], Any]) ->
             _fail("your Fréchet distance is not symmetric: FD(a, b) must equal FD(b, a)")
     _passed(
         "check_frechet_distance",
-        "3 pairs of correlated feature sets (different sizes, few samples, float32), FD(a, a) = 0, "
+        "5 pairs of correlated feature sets (different sizes, few samples, float32, a constant "
+        "feature, fewer samples than features), FD(a, a) = 0, "
         "a shift c gives ‖c‖², symmetry.",
     )
 
@@ -182,6 +218,38 @@ def check_frechet_distance(frechet_distance: Callable[[Tensor, Tensor], Any]) ->
 # ---------------------------------------------------------------------------------------------
 # Exercise 10: where one query pixel looks
 # ---------------------------------------------------------------------------------------------
+
+
+_QUERY_MISTAKES = {
+    "round": "you rounded the query's position on the feature map to the nearest row and column; "
+    "a pixel lies in the feature cell that contains it, so round down: row · H // rows, "
+    "col · W // cols",
+    "inverted": "you scaled the query by rows / H instead of H / rows: going from image pixels to "
+    "the smaller feature map divides, row · H // rows, col · W // cols",
+    "swapped": "you read the query as (x, y); it is (row, col), like the tensor index "
+    "image[row, col]: row = query[0], col = query[1]",
+}
+
+
+def _query_on_features(
+    feature_size: tuple[int, int],
+    query: tuple[int, int],
+    image_size: tuple[int, int] | None,
+    rule: str = "floor",
+) -> tuple[int, int]:
+    """The query's (row, col) on the feature map, worked out by the right rule or a mistake."""
+    H, W = feature_size
+    rows, cols = image_size or (H, W)
+    r, c = query
+    if rule == "floor":
+        return r * H // rows, c * W // cols
+    if rule == "round":
+        return round(r * H / rows), round(c * W / cols)
+    if rule == "inverted":
+        return r * rows // H, c * cols // W
+    if rule == "swapped":
+        return c * H // rows, r * W // cols
+    return r, c  # no rescaling at all
 
 
 def _query_map_variant(
@@ -195,15 +263,14 @@ def _query_map_variant(
     align_corners: bool | None = False,
     rescale_query: bool = True,
     use_column: bool = False,
+    query_rule: str = "floor",
 ) -> Tensor | None:
     """query_attention_map, with one thing done the way a common mistake does it."""
     H, W = feature_size
     B, N, M = attention.shape
     pool = round((N / M) ** 0.5)
     rows, cols = image_size or (H, W)
-    r, c = query
-    if rescale_query:
-        r, c = r * H // rows, c * W // cols
+    r, c = _query_on_features(feature_size, query, image_size, query_rule if rescale_query else "")
     n = c * H + r if column_major else r * W + c
     if n >= N or (use_column and M != N):
         return None
@@ -212,6 +279,35 @@ def _query_map_variant(
     kwargs = {"align_corners": align_corners} if mode == "bilinear" else {}
     up = F.interpolate(grid, size=(rows, cols), mode=mode, **kwargs)[:, 0]
     return up / up.sum(dim=(1, 2), keepdim=True)
+
+
+def _explain_out_of_range(
+    err: CheckFailed,
+    attention: Tensor,
+    feature_size: tuple[int, int],
+    query: tuple[int, int],
+    image_size: tuple[int, int] | None,
+    where: str,
+) -> None:
+    """Your code indexed past the attention's rows: say which mistake puts the query there."""
+    H, W = feature_size
+    N = attention.shape[1]
+    for rule, explanation in _QUERY_MISTAKES.items():
+        r, c = _query_on_features(feature_size, query, image_size, rule)
+        if not (0 <= r < H and 0 <= c < W) or r * W + c >= N:
+            _fail(
+                f"your code indexed outside the attention ({type(err.__cause__).__name__}: "
+                f"{err.__cause__}) for {where}: {explanation}. (That rule puts the query at "
+                f"row {r}, col {c} of a {H}×{W} feature map.)"
+            )
+    if image_size is not None:
+        r, c = query
+        if r * W + c >= N:
+            _fail(
+                f"your code indexed outside the attention ({err.__cause__}) for {where}: the "
+                "query is given in image coordinates; map it to the feature map first "
+                "(row · H // rows, col · W // cols)"
+            )
 
 
 @checked
@@ -231,8 +327,8 @@ def check_query_attention_map(query_attention_map_fn: Callable[..., Tensor]) -> 
         ((1, 64, 16), (8, 8), (31, 0), (32, 32)),  # a corner pixel
     ]
     hint = (
-        "Each row of attention has M = (H/p)·(W/p) entries on the pooled grid, p = √(N/M); "
-        "the query (row, col) is in image_size coordinates."
+        "Each row of attention has M = (H/p)·(W/p) entries on the pooled grid (not H·W), "
+        "p = √(N/M); the query (row, col) is in image_size coordinates."
     )
     with _fixed_seed():
         gen = torch.Generator().manual_seed(0)
@@ -244,11 +340,13 @@ def check_query_attention_map(query_attention_map_fn: Callable[..., Tensor]) -> 
             )
             expected = query_attention_map(attention, feature_size, query, image_size)
             args = (attention.clone(), feature_size, query)
-            got = (
-                _call(fn, *args, hint=hint)
-                if image_size is None
-                else _call(fn, *args, image_size, hint=hint)
-            )
+            args += (image_size,) if image_size is not None else ()
+            try:
+                got = _call(fn, *args, hint=hint)
+            except CheckFailed as err:
+                if isinstance(err.__cause__, IndexError | RuntimeError):
+                    _explain_out_of_range(err, attention, feature_size, query, image_size, where)
+                raise
             got = _tensor(got, "your map")
             if got.shape != expected.shape:
                 _fail(
@@ -291,6 +389,10 @@ def check_query_attention_map(query_attention_map_fn: Callable[..., Tensor]) -> 
                     (
                         _query_map_variant(**variant, align_corners=True),
                         "use align_corners=False when upsampling, as the reference does",
+                    ),
+                    *(
+                        (_query_map_variant(**variant, query_rule=rule), explanation)
+                        for rule, explanation in _QUERY_MISTAKES.items()
                     ),
                     (
                         _query_map_variant(**variant, rescale_query=False) if image_size else None,
