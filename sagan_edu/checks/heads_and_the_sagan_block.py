@@ -281,6 +281,14 @@ def _check_block_attention(
                 f"({where}): rows are the N = H·W query positions, columns the M pooled keys. "
                 "Compute q @ kᵀ with q (B, N, C/8) and k (B, M, C/8)"
             )
+        H, W = x.shape[-2:]
+        if pool > 1 and attention.shape == (B, N, (H - pool + 1) * (W - pool + 1)):
+            _fail(
+                f"your attention has {attention.shape[-1]} columns, expected M = {M} ({where}): "
+                f"you max-pooled with stride 1, which slides the {pool}×{pool} window one pixel "
+                f"at a time. Pool with stride = kernel size, F.max_pool2d(t, {pool}) (its stride "
+                "defaults to the kernel size), so each block of pixels gives one key"
+            )
         if attention.shape == (B, N, N) and M != N:
             _fail(
                 f"your attention has {N} columns, one per position, expected {M} ({where}): "

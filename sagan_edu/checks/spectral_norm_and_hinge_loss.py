@@ -88,9 +88,16 @@ def _power_iteration_variant(
     return (weight.detach().double() / sigma).to(weight.dtype), u.to(u0.dtype)
 
 
-def _sn_weight_mistakes(weight: Tensor, u: Tensor, n: int) -> list[tuple[Tensor, str]]:
-    """Normalised weights that common mistakes give, with what to say about each."""
+def _sn_weight_mistakes(
+    weight: Tensor, u: Tensor, n: int, got_u: Tensor
+) -> list[tuple[Tensor | None, str]]:
+    """Normalised weights that common mistakes give, with what to say about each.
+
+    One iteration too few and σ from the old u give the same weight when n = 1; the u returned
+    tells them apart.
+    """
     w = weight.detach().double()
+    fewer_w, fewer_u = _power_iteration_variant(weight, u, n - 1)
     exact = torch.linalg.matrix_norm(w.flatten(1), ord=2)
     mistakes = [
         (
@@ -108,6 +115,16 @@ def _sn_weight_mistakes(weight: Tensor, u: Tensor, n: int) -> list[tuple[Tensor,
             "dim=0)), not only u; σ = uᵀWv assumes both are unit vectors",
         ),
         (
+            fewer_w if _close(got_u, fewer_u) else None,
+            f"you ran {n - 1} full power iterations for n_iterations={n}"
+            + (
+                " (v updated from the u given, but u not updated before σ = uᵀWv): finish each "
+                "iteration with u = normalize(Wv)"
+                if n == 1
+                else ": one iteration is one update of v and then one of u"
+            ),
+        ),
+        (
             _power_iteration_variant(weight, u, n, sigma_from_old_u=True)[0],
             "your σ uses the u you were given, not the updated one: compute σ = uᵀWv after the "
             "loop, with the u and v of the last iteration",
@@ -116,16 +133,6 @@ def _sn_weight_mistakes(weight: Tensor, u: Tensor, n: int) -> list[tuple[Tensor,
             _power_iteration_variant(weight, u, n + 1)[0],
             f"you ran {n + 1} power iterations for n_iterations={n}: one iteration is one update "
             "of v and then one of u",
-        ),
-        (
-            _power_iteration_variant(weight, u, n - 1)[0],
-            f"you ran {n - 1} full power iterations for n_iterations={n}"
-            + (
-                " (v updated from the u given, but u not updated before σ = uᵀWv): finish each "
-                "iteration with u = normalize(Wv)"
-                if n == 1
-                else ": one iteration is one update of v and then one of u"
-            ),
         ),
         (
             (w / exact).to(weight.dtype),
@@ -190,7 +197,7 @@ def check_spectral_normalise(
                 expected_w,
                 "your normalised weight",
                 where,
-                mistakes=_sn_weight_mistakes(weight, u, n),
+                mistakes=_sn_weight_mistakes(weight, u, n, got_u),
                 advice="Per iteration: v = normalize(Wᵀu), u = normalize(Wv); then σ = uᵀWv and "
                 "the result is weight / σ.",
                 **({"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float64 else {}),
@@ -238,9 +245,9 @@ def check_spectral_normalise(
         got = _grads([got_w], [weight])[0]
         want = _grads([expected_w], [weight])[0]
         through_uv = _grads([_power_iteration_with_grad(weight, u, 1)], [weight])[0]
-        with torch.no_grad():
-            _, u_new = _library_spectral_normalise(weight, u, 1)
-            v_new = F.normalize(weight.flatten(1).t() @ u_new, dim=0)
+        with torch.no_grad():  # one iteration: v from the u given, then the new u
+            v_new = F.normalize(weight.flatten(1).t() @ u, dim=0)
+            u_new = F.normalize(weight.flatten(1) @ v_new, dim=0)
         sigma = torch.dot(u_new, weight.flatten(1) @ v_new).detach()
         sigma_detached = _grads([weight / sigma], [weight])[0]
         _expect_grad(
@@ -369,11 +376,6 @@ _D_HINGE_MISTAKES = [
         lambda r, f: F.relu(1 - r).mean() + F.relu(1 - f).mean(),
         "your fake term is relu(1 − fake); it should be relu(1 + fake): D wants fake logits "
         "below −1",
-    ),
-    (
-        lambda r, f: F.relu(1 + r).mean() + F.relu(1 - f).mean(),
-        "your signs are flipped: relu(1 + real) + relu(1 − fake) pushes real logits down and "
-        "fake ones up; D wants relu(1 − real) + relu(1 + fake)",
     ),
     (
         lambda r, f: d_hinge_loss(r, f) / 2,
