@@ -936,7 +936,7 @@ def d_step_separate_calls(G, D, opt_d, real, z):
     opt_d.zero_grad(set_to_none=False)
     loss.backward()
     opt_d.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def g_step_freezing_d(G, D, opt_g, z):
