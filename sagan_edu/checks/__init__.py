@@ -28,12 +28,23 @@ The exercises (solutions/ and exercises/) and their checks:
     9   frechet_distance(features_a, features_b)      check_frechet_distance
     10  query_attention_map(attention, feature_size, query, image_size=None)
                                                       check_query_attention_map
+    11  lstm_cell(x, h, c, weight_ih, weight_hh, bias) check_lstm_cell
+    12  embedding_gradient_norms(model, tokens, targets)
+                                                      check_embedding_gradient_norms
+    13  chunked_attention(q, k, v, chunk_size)        check_chunked_attention
+    14  d_loss(real_logits, fake_logits)              check_d_nonsaturating_loss
+        g_loss(fake_logits)                           check_g_nonsaturating_loss
+    15  optimal_discriminator(p_data, p_model)        check_optimal_discriminator
+    16  scaled_attention(block, x, scale)             check_scaled_attention
+    17  uniform_attention(block, x)                   check_uniform_attention
 
 The checks live in one module per exercise notebook, with what they share in `_common`; everything
 is re-exported here, so `from sagan_edu.checks import check_…` is all a notebook needs.
 """
 
 from sagan_edu.checks._common import CheckFailed
+from sagan_edu.checks.ablating_attention import check_scaled_attention, check_uniform_attention
+from sagan_edu.checks.attention_in_chunks import TensorRecorder, check_chunked_attention
 from sagan_edu.checks.attention_weights_and_masks import (
     check_attention_weights,
     check_masked_attention,
@@ -49,10 +60,19 @@ from sagan_edu.checks.heads_and_the_sagan_block import (
     check_self_attention_2d,
     check_split_heads,
 )
+from sagan_edu.checks.recurrence_and_long_range import (
+    check_embedding_gradient_norms,
+    check_lstm_cell,
+)
 from sagan_edu.checks.spectral_norm_and_hinge_loss import (
     check_d_hinge_loss,
     check_g_hinge_loss,
     check_spectral_normalise,
+)
+from sagan_edu.checks.the_gan_game import (
+    check_d_nonsaturating_loss,
+    check_g_nonsaturating_loss,
+    check_optimal_discriminator,
 )
 from sagan_edu.checks.training_steps_and_ema import (
     check_discriminator_step,
@@ -62,19 +82,28 @@ from sagan_edu.checks.training_steps_and_ema import (
 
 __all__ = [
     "CheckFailed",
+    "TensorRecorder",
     "check_attention_weights",
+    "check_chunked_attention",
     "check_d_hinge_loss",
+    "check_d_nonsaturating_loss",
     "check_discriminator_step",
+    "check_embedding_gradient_norms",
     "check_frechet_distance",
     "check_g_hinge_loss",
+    "check_g_nonsaturating_loss",
     "check_generator_step",
+    "check_lstm_cell",
     "check_masked_attention",
     "check_merge_heads",
+    "check_optimal_discriminator",
     "check_query_attention_map",
+    "check_scaled_attention",
     "check_scaled_dot_product_attention",
     "check_self_attention_2d",
     "check_spectral_normalise",
     "check_split_heads",
+    "check_uniform_attention",
     "check_update_ema",
     "reference_frechet_distance",
 ]

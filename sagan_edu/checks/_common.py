@@ -79,6 +79,11 @@ _ERROR_ADVICE = [
         "and torch.no_grad() on the path from the inputs to the result.",
     ),
     (
+        "appears to not have been used in the graph",
+        "The loss was not computed from the tensor you differentiate with respect to: make that "
+        "tensor once, compute everything from it, and differentiate with respect to it.",
+    ),
+    (
         "Dimension out of range",
         "A dim index is out of range for a tensor with fewer dimensions: index dims from the "
         "end (dim=-1, -2), and remember that F.normalize's default is dim=1 (use dim=0 for a "
