@@ -866,6 +866,11 @@ MORE_WRONG = [
     (W.check_spectral_normalise, sn_with(exact=True), "exact largest singular value"),
     (W.check_spectral_normalise, sn_default_normalize_dim, "dim=0"),
     (
+        W.check_spectral_normalise,
+        lambda w, u, n=1: (w.div_(torch.linalg.matrix_norm(w.flatten(1), ord=2)), u),
+        "changed argument 1",
+    ),
+    (
         W.check_d_hinge_loss,
         lambda r, f: F.relu(1 - r.mean()) + F.relu(1 + f.mean()),
         "relu to the batch means",
@@ -943,6 +948,16 @@ def sn_sigma_as_norm(weight, u, n_iterations=1):
     return weight / (u @ w @ v), u
 
 
+def sn_updating_u_in_place(weight, u, n_iterations=1):
+    """Like SpectralNorm's buffer: the u passed in is updated in place, and returned."""
+    w = weight.flatten(1)
+    with torch.no_grad():
+        for _ in range(n_iterations):
+            v = F.normalize(w.t() @ u, dim=0)
+            u.copy_(F.normalize(w @ v, dim=0))
+    return weight / torch.dot(u, w @ v), u
+
+
 def d_step_separate_calls(G, D, opt_d, real, z):
     G.eval()
     fake = G(z).detach()
@@ -1013,6 +1028,7 @@ ALTERNATIVES = [
     (W.check_split_heads, lambda x, h: torch.stack(x.chunk(h, dim=-1), dim=1)),
     (W.check_merge_heads, lambda x: torch.cat(x.unbind(1), dim=-1)),
     (W.check_spectral_normalise, sn_sigma_as_norm),
+    (W.check_spectral_normalise, sn_updating_u_in_place),
     (W.check_d_hinge_loss, lambda r, f: (1 - r).clamp(min=0).mean() + (1 + f).clamp(min=0).mean()),
     (W.check_g_hinge_loss, lambda f: -(f.sum() / f.numel())),
     (W.check_discriminator_step, d_step_separate_calls),

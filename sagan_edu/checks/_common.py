@@ -98,12 +98,12 @@ def _advice_for(err: BaseException) -> str:
 
 
 def _call(
-    fn: Callable, *args: Any, hint: str = "", inputs_may_change: bool = False, **kwargs: Any
+    fn: Callable, *args: Any, hint: str = "", may_change: tuple[int, ...] = (), **kwargs: Any
 ) -> Any:
     """Call your code. A stub's NotImplementedError passes through; other errors get context.
 
-    Unless `inputs_may_change`, the tensors passed in must be unchanged afterwards: a function
-    that writes into its arguments (mask |= …) silently changes its caller's data.
+    The tensors passed in must be unchanged afterwards, except the positions in `may_change`: a
+    function that writes into its arguments (mask |= …) silently changes its caller's data.
     """
     originals = [(i, a, a.detach().clone()) for i, a in enumerate(args) if torch.is_tensor(a)]
     try:
@@ -123,16 +123,17 @@ def _call(
         if hint:
             message += f"\n  {hint}"
         raise CheckFailed(message) from err
-    if not inputs_may_change:
-        for index, arg, original in originals:
-            if arg.shape != original.shape or not torch.equal(arg.detach(), original):
-                name = getattr(fn, "__name__", type(fn).__name__)
-                _fail(
-                    f"your {name} changed argument {index + 1} ({_describe(original)}) in place: "
-                    "an in-place operation on an argument (x |= …, x += …, x[...] = …, "
-                    "x.masked_fill_(…)) rewrites the caller's tensor. Build a new tensor instead "
-                    "(x = x | …, x = x.masked_fill(…))"
-                )
+    for index, arg, original in originals:
+        if index in may_change:
+            continue
+        if arg.shape != original.shape or not torch.equal(arg.detach(), original):
+            name = getattr(fn, "__name__", type(fn).__name__)
+            _fail(
+                f"your {name} changed argument {index + 1} ({_describe(original)}) in place: "
+                "an in-place operation on an argument (x |= …, x += …, x[...] = …, "
+                "x.masked_fill_(…)) rewrites the caller's tensor. Build a new tensor instead "
+                "(x = x | …, x = x.masked_fill(…))"
+            )
     return result
 
 
