@@ -445,6 +445,19 @@ WRONG = [
         "not finite",
     ),
     (checks.check_g_nonsaturating_loss, lambda f: F.softplus(-f).sum(), "summed"),
+    (
+        checks.check_g_nonsaturating_loss,
+        lambda f: F.binary_cross_entropy(torch.sigmoid(f), torch.ones_like(f)),
+        "clamps log",
+    ),
+    (
+        checks.check_d_nonsaturating_loss,
+        lambda r, f: (
+            F.binary_cross_entropy(torch.sigmoid(r), torch.ones_like(r))
+            + F.binary_cross_entropy(torch.sigmoid(f), torch.zeros_like(f))
+        ),
+        "clamps log",
+    ),
     (checks.check_optimal_discriminator, lambda p, m: p / (p + m), "both 0"),
     (
         checks.check_optimal_discriminator,

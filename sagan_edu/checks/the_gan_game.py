@@ -95,6 +95,12 @@ def _check_losses(
         )
 
 
+_CLAMPED_BCE = (
+    "you applied F.binary_cross_entropy to σ(logits): for confident logits σ rounds to exactly 0 "
+    "or 1, and binary_cross_entropy clamps log(0) to −100, so the loss is wrong (and its "
+    "gradient 0) there. Work on the logits: F.binary_cross_entropy_with_logits, or softplus"
+)
+
 _D_MISTAKES = [
     (
         lambda r, f: d_nonsaturating_loss(f, r),
@@ -124,6 +130,13 @@ _D_MISTAKES = [
         lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(),
         "that is the hinge loss; this exercise is the original GAN's cross-entropy: "
         "−log σ(real) − log(1 − σ(fake))",
+    ),
+    (
+        lambda r, f: (
+            F.binary_cross_entropy(torch.sigmoid(r), torch.ones_like(r))
+            + F.binary_cross_entropy(torch.sigmoid(f), torch.zeros_like(f))
+        ),
+        _CLAMPED_BCE,
     ),
     (
         lambda r, f: (
@@ -189,6 +202,10 @@ _G_MISTAKES = [
     ),
     (lambda _, f: -f.mean(), "that is the hinge loss's G term, −mean(fake); use softplus(−fake)"),
     (lambda _, f: F.softplus(-f).sum(), "you summed over the batch; take the mean"),
+    (
+        lambda _, f: F.binary_cross_entropy(torch.sigmoid(f), torch.ones_like(f)),
+        _CLAMPED_BCE,
+    ),
 ]
 
 
