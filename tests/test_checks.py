@@ -818,6 +818,16 @@ def g_step_with(d_eval=False, fresh_noise=False, loss="hinge", zero_grad_after=F
     return wrong
 
 
+def d_step_stepping_first(G, D, opt_d, real, z):
+    with torch.no_grad():
+        fake = G(z)
+    loss = d_hinge_loss(D(real), D(fake))
+    opt_d.step()  # too early: the .grad still holds the last step's gradients
+    opt_d.zero_grad()
+    loss.backward()
+    return loss
+
+
 def fd_real_part_then_sqrt(a, b):
     a, b = a.double(), b.double()
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
@@ -889,6 +899,7 @@ MORE_WRONG = [
     (W.check_discriminator_step, d_step_with(g_eval=True), "left G in eval mode"),
     (W.check_discriminator_step, d_step_with(loss="bce"), "non-saturating"),
     (W.check_discriminator_step, d_step_with(loss="no relu"), "has no relu"),
+    (W.check_discriminator_step, d_step_stepping_first, r"must come after loss\.backward"),
     (W.check_generator_step, g_step_with(d_eval=True), "left D in eval mode"),
     (W.check_generator_step, g_step_with(fresh_noise=True), "fresh noise"),
     (W.check_generator_step, g_step_with(loss="non-saturating"), "non-saturating"),

@@ -161,6 +161,12 @@ def _expect_modes_kept(
             )
 
 
+_ORDER_HINT = (
+    "If this is 'modified by an inplace operation': opt.step() changes the weights in place, so "
+    "it must come after loss.backward(); the order is zero_grad(), backward(), step()."
+)
+
+
 def _fill_stale_grads(model: nn.Module) -> None:
     for p in model.parameters():
         p.grad = torch.full_like(p, _STALE)
@@ -189,7 +195,9 @@ def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
             modes_before = {"G": _modes(G), "D": _modes(D)}
             watch = _WatchGenerator(G)
             try:
-                loss = _call(discriminator_step, G, D, opt_d, real.clone(), z.clone())
+                loss = _call(
+                    discriminator_step, G, D, opt_d, real.clone(), z.clone(), hint=_ORDER_HINT
+                )
             finally:
                 watch.handle.remove()
             expected = reference_discriminator_step(G_ref, D_ref, opt_ref, real, z).item()
@@ -339,7 +347,7 @@ def check_generator_step(generator_step: Callable[..., Any]) -> None:
                     generator_step, G, D, opt_g, z.clone(),
                     hint="If this is 'element 0 of tensors does not require grad': the G loss "
                     "must depend on G's weights, so do not detach the fakes or use "
-                    "torch.no_grad() here.",
+                    "torch.no_grad() here. " + _ORDER_HINT,
                 )  # fmt: skip
             finally:
                 watch.handle.remove()
