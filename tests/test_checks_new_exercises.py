@@ -512,3 +512,29 @@ def test_every_new_check_has_several_planted_mistakes_and_an_alternative():
 
 def test_there_are_at_least_20_checked_functions():
     assert len([n for n in checks.__all__ if n.startswith("check_")]) >= 20
+
+
+def test_the_checks_accept_the_librarys_ablation_and_the_answers_agree_with_it(capsys):
+    ablation = pytest.importorskip("sagan_edu.attention_ablation")
+
+    def library_scaled(block, x, scale):
+        with ablation.scaled_attention(block, scale):
+            return block(x)
+
+    def library_uniform(block, x):
+        with ablation.uniform_attention(block):
+            return block(x)
+
+    checks.check_scaled_attention(library_scaled)
+    checks.check_uniform_attention(library_uniform)
+    assert capsys.readouterr().out.count("✅") == 2
+    torch.manual_seed(0)
+    block = SelfAttention2d(16, pool=2).eval()
+    with torch.no_grad():
+        block.gamma.fill_(0.7)
+        x = torch.randn(2, 16, 8, 6)
+        for scale in (0.0, 0.5, 2.0):
+            torch.testing.assert_close(
+                scaled_attention(block, x, scale), library_scaled(block, x, scale)
+            )
+        torch.testing.assert_close(uniform_attention(block, x), library_uniform(block, x))
