@@ -836,6 +836,26 @@ def fd_real_part_then_sqrt(a, b):
     return (mean + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt).item()
 
 
+def sn_v_from_new_u(weight, u, n_iterations=1):
+    w = weight.flatten(1)
+    with torch.no_grad():
+        for _ in range(n_iterations):
+            u = F.normalize(w @ F.normalize(w.t() @ u, dim=0), dim=0)
+        v = F.normalize(w.t() @ u, dim=0)  # half an iteration more
+    return weight / torch.dot(u, w @ v), u
+
+
+def query_map_bicubic(attention, feature_size, query, image_size=None):
+    H, W = feature_size
+    B, N, M = attention.shape
+    p = round(math.sqrt(N / M))
+    rows, cols = image_size or (H, W)
+    n = (query[0] * H // rows) * W + query[1] * W // cols
+    grid = attention[:, n].reshape(B, 1, H // p, W // p)
+    up = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)[:, 0]
+    return up / up.sum(dim=(1, 2), keepdim=True)
+
+
 def query_map_rule(rule):
     def wrong(attention, feature_size, query, image_size=None):
         H, W = feature_size
@@ -857,6 +877,11 @@ def query_map_rule(rule):
 
 MORE_WRONG = [
     (W.check_attention_weights, lambda q, k: attention_weights(q, k).squeeze(), r"\.squeeze\(\)"),
+    (
+        W.check_attention_weights,
+        lambda q, k: torch.softmax(q @ k.mT / math.sqrt(k.shape[-2]), dim=-1),
+        "the number of keys Lk",
+    ),
     (W.check_scaled_dot_product_attention, sdpa_in_place, r"w = w \* …"),
     (W.check_masked_attention, masked_in_place_weights, r"w = w \* …"),
     (W.check_masked_attention, masked_empty_rows_along(-2), r"mask\.any\(dim=-2\)"),
@@ -875,6 +900,7 @@ MORE_WRONG = [
     (W.check_spectral_normalise, sn_with(detach_sigma=True), "σ is detached"),
     (W.check_spectral_normalise, sn_with(exact=True), "exact largest singular value"),
     (W.check_spectral_normalise, sn_default_normalize_dim, "dim=0"),
+    (W.check_spectral_normalise, sn_v_from_new_u, "half an iteration more"),
     (
         W.check_spectral_normalise,
         lambda w, u, n=1: (w.div_(torch.linalg.matrix_norm(w.flatten(1), ord=2)), u),
@@ -896,6 +922,7 @@ MORE_WRONG = [
         "one mean",
     ),
     (W.check_g_hinge_loss, lambda f: F.relu(1 + f).mean(), "discriminator's fake term"),
+    (W.check_g_hinge_loss, lambda f: -f.mean().item(), r"no \.item\(\)"),
     (W.check_discriminator_step, d_step_with(g_eval=True), "left G in eval mode"),
     (W.check_discriminator_step, d_step_with(loss="bce"), "non-saturating"),
     (W.check_discriminator_step, d_step_with(loss="no relu"), "has no relu"),
@@ -914,6 +941,7 @@ MORE_WRONG = [
         "eigvalsh assumes",
     ),
     (W.check_query_attention_map, query_map_rule("round"), "rounded"),
+    (W.check_query_attention_map, query_map_bicubic, "bicubic"),
     (W.check_query_attention_map, query_map_rule("inverted"), "rows / H"),
     (W.check_query_attention_map, query_map_rule("swapped"), r"as \(x, y\)"),
 ]

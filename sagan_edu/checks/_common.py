@@ -173,6 +173,11 @@ def _stopped(check: Callable, err: Exception) -> NoReturn:
 def _tensor(value: Any, what: str) -> Tensor:
     if value is None:
         _fail(f"{what} is None: did you forget the `return` statement?")
+    if isinstance(value, int | float):
+        _fail(
+            f"{what} is a Python number ({value!r}); return the tensor itself (no .item() or "
+            "float(...)), so that it keeps its dtype and autograd can backpropagate through it"
+        )
     if not isinstance(value, torch.Tensor):
         _fail(f"{what} should be a torch.Tensor, got {type(value).__name__}")
     return value

@@ -61,6 +61,15 @@ def _softmax_weights(q: Tensor, k: Tensor, scale: float, dim: int = -1) -> Tenso
     return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=dim)
 
 
+def _other_sizes(q: Tensor, k: Tensor) -> list[tuple[str, int]]:
+    """Sizes a student may take for d by mistake, with their names."""
+    return [
+        ("the number of queries Lq", q.shape[-2]),
+        ("the number of keys Lk", k.shape[-2]),
+        ("q's first dimension", q.shape[0]),
+    ]
+
+
 def _check_weight_values(w: Tensor, q: Tensor, k: Tensor, expected: Tensor, where: str) -> None:
     """Shape, dtype, finiteness, rows summing to 1 and values of unmasked attention weights."""
     lq, lk = q.shape[-2], k.shape[-2]
@@ -118,6 +127,15 @@ def _check_weight_values(w: Tensor, q: Tensor, k: Tensor, expected: Tensor, wher
                 f"you divided the scores by d = {d}; divide by √d = {math.sqrt(d):.3g} instead",
             ),
             (_softmax_weights(q, k, math.sqrt(d)), "you multiplied the scores by √d; divide by it"),
+            *(
+                (
+                    _softmax_weights(q, k, 1.0 / math.sqrt(size)),
+                    f"you divided by √{size}, the square root of {name}; d is the width of q "
+                    f"and k, q.shape[-1] = {d}",
+                )
+                for name, size in _other_sizes(q, k)
+                if size != d
+            ),
         ],
         advice="Expected softmax(q kᵀ / √d, dim=-1) with d = q.shape[-1].",
     )

@@ -276,7 +276,7 @@ def _query_map_variant(
         return None
     row = attention[:, :, n] if use_column else attention[:, n]
     grid = row.reshape(B, 1, H // pool, W // pool).float()
-    kwargs = {"align_corners": align_corners} if mode == "bilinear" else {}
+    kwargs = {"align_corners": align_corners} if mode in ("bilinear", "bicubic") else {}
     up = F.interpolate(grid, size=(rows, cols), mode=mode, **kwargs)[:, 0]
     return up / up.sum(dim=(1, 2), keepdim=True)
 
@@ -385,6 +385,12 @@ def check_query_attention_map(query_attention_map_fn: Callable[..., Tensor]) -> 
                         _query_map_variant(**variant, mode="nearest", align_corners=None),
                         "you upsampled with mode='nearest'; use bilinear (F.interpolate(..., "
                         "mode='bilinear', align_corners=False)) for a smooth overlay",
+                    ),
+                    (
+                        _query_map_variant(**variant, mode="bicubic"),
+                        "you upsampled with mode='bicubic'; the reference uses bilinear "
+                        "(F.interpolate(..., mode='bilinear', align_corners=False)), which never "
+                        "overshoots below 0",
                     ),
                     (
                         _query_map_variant(**variant, align_corners=True),

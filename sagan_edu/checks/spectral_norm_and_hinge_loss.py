@@ -71,7 +71,13 @@ def _power_iteration_with_grad(weight: Tensor, u: Tensor, n_iterations: int) -> 
 
 
 def _power_iteration_variant(
-    weight: Tensor, u: Tensor, n: int, *, normalise_v: bool = True, sigma_from_old_u: bool = False
+    weight: Tensor,
+    u: Tensor,
+    n: int,
+    *,
+    normalise_v: bool = True,
+    sigma_from_old_u: bool = False,
+    v_from_new_u: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(weight / σ, u) in float64 by power iteration, with one step done the way a mistake does.
 
@@ -84,6 +90,8 @@ def _power_iteration_variant(
         v = w.t() @ u
         v = F.normalize(v, dim=0) if normalise_v else v
         u = F.normalize(w @ v, dim=0)
+    if v_from_new_u:  # half an iteration more: v recomputed from the last u
+        v = F.normalize(w.t() @ u, dim=0)
     sigma = torch.dot(u0 if sigma_from_old_u else u, w @ v)
     return (weight.detach().double() / sigma).to(weight.dtype), u.to(u0.dtype)
 
@@ -133,6 +141,11 @@ def _sn_weight_mistakes(
             _power_iteration_variant(weight, u, n + 1)[0],
             f"you ran {n + 1} power iterations for n_iterations={n}: one iteration is one update "
             "of v and then one of u",
+        ),
+        (
+            _power_iteration_variant(weight, u, n, v_from_new_u=True)[0],
+            "your σ uses a v recomputed from the new u, half an iteration more than the "
+            "reference: σ = uᵀWv with the v and u of the last iteration, v first, then u",
         ),
         (
             (w / exact).to(weight.dtype),
