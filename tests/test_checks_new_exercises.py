@@ -378,6 +378,11 @@ WRONG = [
     (checks.check_lstm_cell, lstm_with(tanh_c=False), "missing the tanh"),
     (checks.check_lstm_cell, lstm_with(new_c=False), "uses the old cell"),
     (checks.check_lstm_cell, lstm_with(rec=False), "ignore the previous hidden state"),
+    (
+        checks.check_lstm_cell,
+        lambda x, h, c, wi, wh, b: lstm_cell(x, h, c, wi, wh, b + b / 2 + b / 2),
+        "bias twice",
+    ),
     (checks.check_lstm_cell, lstm_with(swap_out=True), r"return \(h', c'\)"),
     (checks.check_lstm_cell, lstm_with(in_place=True), r"w = w \* …"),
     (checks.check_lstm_cell, lambda x, h, c, wi, wh, b: lstm_cell(x, h, c, wi.T, wh, b), "Shapes"),
@@ -403,6 +408,11 @@ WRONG = [
         "L1 norm",
     ),
     (checks.check_embedding_gradient_norms, norms_of_the_table, "embedding table"),
+    (
+        checks.check_embedding_gradient_norms,
+        norms_with(lambda g: g.square().sum(-1).mean(0)),
+        "squared lengths",
+    ),
     (checks.check_embedding_gradient_norms, norms_of_a_second_embedding, "not computed from"),
     (checks.check_chunked_attention, chunked_with(chunk_keys=True), "split the keys"),
     (checks.check_chunked_attention, chunked_with(drop_last=True), "last chunk is shorter"),
@@ -459,6 +469,7 @@ WRONG = [
         "clamps log",
     ),
     (checks.check_optimal_discriminator, lambda p, m: p / (p + m), "both 0"),
+    (checks.check_optimal_discriminator, lambda p, m: p / (p + m + 1e-12), "return ½"),
     (
         checks.check_optimal_discriminator,
         lambda p, m: torch.nan_to_num(m / (p + m), nan=0.5),

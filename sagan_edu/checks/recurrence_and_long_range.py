@@ -59,9 +59,11 @@ def _cell_variant(
     tanh_on_cell: bool = True,
     new_cell_in_h: bool = True,
     recurrent: bool = True,
+    bias_twice: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """An LSTM step written out, with one thing done the way a common mistake does it."""
     gates = x @ weight_ih.T + bias + (h @ weight_hh.T if recurrent else 0)  # (B, 4H)
+    gates = gates + bias if bias_twice else gates
     chunks = dict(zip(order, gates.chunk(4, dim=-1), strict=True))
     i, f, o = (torch.sigmoid(chunks[name]) for name in "ifo")
     g = g_activation(chunks["g"])
@@ -93,6 +95,11 @@ _LSTM_MISTAKES = {
     "old cell": (
         {"new_cell_in_h": False},
         "h' uses the old cell c; it should use the new one: h' = o·tanh(c')",
+    ),
+    "bias twice": (
+        {"bias_twice": True},
+        "you added the bias twice (once per matrix product); here `bias` is already the sum of "
+        "nn.LSTM's two biases: x @ weight_ihᵀ + h @ weight_hhᵀ + bias",
     ),
     "no recurrence": (
         {"recurrent": False},
@@ -239,6 +246,11 @@ def _gradient_mistakes(
             "you averaged the gradients over the batch before taking "
             "their norms, so gradients pointing different ways cancel; take each example's norm "
             "first, then the mean: grad.norm(dim=-1).mean(dim=0)",
+        ),
+        (
+            grad.square().sum(dim=-1).mean(dim=0),
+            "you averaged the squared lengths; take the length itself, grad.norm(dim=-1), "
+            "then the mean over the batch",
         ),
         (
             grad.abs().sum(dim=-1).mean(dim=0),

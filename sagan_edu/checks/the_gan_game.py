@@ -307,6 +307,12 @@ def check_optimal_discriminator(optimal_discriminator: Callable[[Tensor, Tensor]
             ]:
                 if _close(got, wrong.to(got.dtype)):
                     _fail(f"{explanation} ({where})")
+            if both_zero.any() and _close(got[~both_zero], expected[~both_zero]):
+                _fail(
+                    f"your D* is right wherever some distribution has mass, but where p_data and "
+                    f"p_model are both 0 it is {got[both_zero].flatten()[0].item():.3g} ({where}): "
+                    "no sample ever lands there, so D has no evidence either way; return ½"
+                )
             ratio = p_data / p_model
             if _close(got[p_model > 0], ratio[p_model > 0]):
                 _fail(
