@@ -20,10 +20,11 @@ The jobs, highest priority first, seeds 1, 2, 3 (seed 0 trained the shipped weig
     b  twin-shapes, width 16, batch 32, 2,000 steps: none, 16×16
     c  twin-shapes, long setting: residual control at 16, attention in G only, in D only, 8×8
     d  local-shapes, long setting: none, 16×16
+    g  mnist5k, width 16, batch 32, 2,000 steps, 16×16 attention with and without √d scaling
+       (notebook 05 reads these)
     e  tuning grid (tuning.json), width 16, batch 32, 2,000 steps, twin-shapes, none and 16×16:
        lr_d 1e-4, 8e-4, 1.6e-3 with lr_g = lr_d / 4, and lr_g = lr_d = 2e-4 (lr_d 4e-4 is cell b)
     f  twin-shapes, width 16, batch 32, 4,000 steps: none, 16×16
-    g  mnist5k, width 16, batch 32, 2,000 steps, 16×16 attention with and without √d scaling
 """
 
 from __future__ import annotations
@@ -73,13 +74,13 @@ def job_list() -> list[Job]:
         *_runs("c", "long", "twin-shapes", ("8",), LONG),
         *_runs("d", "long", "local-shapes", ("none", "16"), LONG),
     ]
+    jobs += _runs("g", "w16-scaled", "mnist5k", ("16",), SMALL, "--scaled")
+    jobs += _runs("g", "w16", "mnist5k", ("16",), SMALL)
     for lr_d, lr_g in (("1e-4", "2.5e-5"), ("8e-4", "2e-4"), ("1.6e-3", "4e-4"), ("2e-4", "2e-4")):
         rates = ("--lr-d", lr_d, "--lr-g", lr_g, "--tuning")
         jobs += _runs("e", f"tune-lrd{lr_d}-lrg{lr_g}", "twin-shapes", ("none", "16"), SMALL,
                       *rates)  # fmt: skip
     jobs += _runs("f", "w16-4000", "twin-shapes", ("none", "16"), SMALL_4000)
-    jobs += _runs("g", "w16-scaled", "mnist5k", ("16",), SMALL, "--scaled")
-    jobs += _runs("g", "w16", "mnist5k", ("16",), SMALL)
     return jobs
 
 
@@ -130,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="gpu-sweep-logs-"))  # one log per job, outside OUT
     sweep_log = args.out / "gpu-sweep.log"
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # The repository first, then whatever the caller put on the path (say carried wheels).
+    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = os.environ | {"PYTHONPATH": python_path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.monotonic()
     pending = list(jobs)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
