@@ -307,3 +307,24 @@ def test_gpu_sweep_runs_two_tiny_jobs_into_one_folder(tmp_path):
     # only result files: no lock files or per-job logs left in the folder
     allowed = {"ablation.json", "ablation.md", "tuning.md", "ablation-samples.npz", "gpu-sweep.log"}
     assert {p.name for p in out.iterdir()} <= allowed
+
+
+def test_attention_cost_runs_on_cpu(tmp_path):
+    script = load_script("attention_cost")
+    out = tmp_path / "cost.json"
+    argv = ["--channels", "8", "--batch", "4", "--warmup", "1", "--steps", "1", "--rounds", "2",
+            "--json", str(out)]  # fmt: skip
+    results = script.main(argv)
+
+    assert json.loads(out.read_text()) == results
+    for key in ("date", "command", "device", "torch", "threads", "setting"):
+        assert key in results["meta"]
+    rows = {r["variant"]: r for r in results["rows"]}
+    assert list(rows) == ["none", "8x8", "16x16", "16x16 residual"]
+    for r in rows.values():
+        assert len(r["ms_per_step_per_round"]) == 2 and positive(r["ms_per_step_median"]), r
+    assert rows["none"]["ratio_vs_none"] == 1.0
+    # One SAGAN block on a C-channel map has 1.25·C² + 1 weights (C/8 query and key, C/2 value,
+    # C/2 -> C output, γ). With base width 8, G's and D's 16×16 maps have C = 16: 321 weights.
+    for net in ("params_G", "params_D"):
+        assert rows["16x16"][net] - rows["none"][net] == 1.25 * 16**2 + 1

@@ -23,6 +23,7 @@ WITH_PARAMETERS = [
         "06_gan_fundamentals.ipynb",
         "07_stabilising_gans.ipynb",
         "08_training_a_sagan.ipynb",
+        "10_does_attention_help.ipynb",
     )
 ]
 
