@@ -92,6 +92,7 @@ def count(model: torch.nn.Module) -> int:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]  # other jobs on the machine slow every variant alike
     with tempfile.TemporaryDirectory(prefix="attention-cost-") as tmp:
         trainers = {name: make_trainer(name, args, tmp) for name in VARIANTS}
         for trainer in trainers.values():
@@ -116,12 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "meta": {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": "python " + " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+            "command": " ".join(["python benchmarks/attention_cost.py", *(argv or sys.argv[1:])]),
             "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": args.threads,
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "setting": f"twin-shapes, 32 px, base width {args.channels}, batch {args.batch}, "
                        "float32 (no AMP on CPU), eager Trainer.step()",
             "warmup": args.warmup,
