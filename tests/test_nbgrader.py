@@ -180,6 +180,7 @@ def released(tmp_path_factory) -> Path:
     return course / "release"
 
 
+@pytest.mark.slow  # the fixture's generate_assignment: about 20 s on 2 busy cores
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
 def test_nbgrader_makes_the_same_student_notebook_as_make_exercises(solution, released):
     source = nbformat.read(solution, as_version=4).cells
@@ -231,12 +232,12 @@ def answered(solution_source: str, wrong: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def submit(course: Path, student: str, wrong: dict[str, str], written: bool) -> None:
-    """Fill in the released notebook's code answers (and the written ones if `written`), as
-    `student`, and hand it in."""
+def submit(course: Path, student: str, handout: Path, wrong: dict[str, str], written: bool):
+    """Fill in the code answers of the notebook handed out (and the written ones if `written`),
+    as `student`, and hand it in."""
     name = f"{GRADED}.ipynb"
     source = nbformat.read(course / "source" / GRADED / name, as_version=4)
-    nb = nbformat.read(course / "release" / GRADED / name, as_version=4)
+    nb = nbformat.read(handout, as_version=4)
     for theirs, solution in zip(nb.cells, source.cells, strict=True):
         if theirs.cell_type == "code" and theirs.metadata["nbgrader"]["solution"]:
             theirs.source = answered(solution.source, wrong)
@@ -259,14 +260,18 @@ def grades(course: Path, student: str) -> dict[str, tuple]:
 
 @pytest.mark.slow
 def test_nbgraders_loop_gives_full_marks_to_the_solution_and_none_for_each_mistake(tmp_path):
+    """Both handouts are graded: nbgrader's release, and exercises/ (the same grade ids)."""
     course = tmp_path / "course"
     nbgrader_course.make_course(course)
     for other in (course / "source").iterdir():
         if other.name != GRADED:
             shutil.rmtree(other)
     nbgrader("generate_assignment", GRADED, course=course)
-    submit(course, "alice", wrong={}, written=True)
-    submit(course, "bob", wrong=MISTAKES, written=False)
+    # alice works in nbgrader's release, bob in the repository's exercises/ notebook
+    release = course / "release" / GRADED / f"{GRADED}.ipynb"
+    submit(course, "alice", release, wrong={}, written=True)
+    exercise = ROOT / "exercises" / f"{GRADED}.ipynb"
+    submit(course, "bob", exercise, wrong=MISTAKES, written=False)
     nbgrader("autograde", GRADED, course=course)
 
     source = nbformat.read(course / "source" / GRADED / f"{GRADED}.ipynb", as_version=4)
