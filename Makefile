@@ -38,7 +38,8 @@ notebooks: $(STAMP)
 	$(PY) tools/sync_notebooks.py
 
 # Regenerate exercises/ from solutions/: every answer between nbgrader's BEGIN/END SOLUTION markers
-# becomes a stub that raises NotImplementedError with a hint. The tests fail if exercises/ is stale.
+# becomes a stub that raises NotImplementedError with a hint. First it writes nbgrader's cell
+# metadata into solutions/ (tools/nbgrader_metadata.py). The tests fail if either is stale.
 exercises: $(STAMP)
 	$(PY) tools/make_exercises.py
 
