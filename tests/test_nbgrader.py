@@ -92,8 +92,8 @@ def small_notebook() -> nbformat.NotebookNode:
 
 
 def test_the_convention_on_a_small_notebook():
-    # What nbgrader's "Create Assignment" toolbar writes for each kind of cell (nbgrader docs,
-    # "Developer documentation / metadata"), with the grade ids the convention derives.
+    # What nbgrader's "Create Assignment" panel writes for each kind of cell (nbgrader's
+    # contributor guide, "Metadata"; schema version 3), with the grade ids the convention derives.
     expected = [
         read_only("intro_cell1"),
         read_only("intro_cell2"),

@@ -15,7 +15,7 @@ from how the solution notebooks are written:
 | anything else                                    | read-only               | no     |        |
 
 Solution cells stay editable, every other cell is locked. Points already in a cell's metadata
-(an instructor changed them in nbgrader's "Create Assignment" toolbar) are kept.
+(an instructor changed them in nbgrader's "Create Assignment" panel) are kept.
 
 A cell's grade id names its section and what the cell is, so it does not change when cells are
 added elsewhere. The section is the last markdown cell above that opens with a `## ` heading
@@ -67,7 +67,7 @@ def cell_kind(cell: nbformat.NotebookNode) -> str:
 
 
 def nbgrader_fields(kind: str, grade_id: str, points: float) -> dict:
-    """The metadata nbgrader's "Create Assignment" toolbar writes for this kind of cell."""
+    """The metadata nbgrader's "Create Assignment" panel writes for this kind of cell."""
     fields = {
         "grade": kind in ("test", "written"),
         "grade_id": grade_id,
