@@ -29,7 +29,7 @@ from sync_notebooks import synced
 
 CONFIG = f'''"""nbgrader settings for the sagan_edu exercises (made by tools/nbgrader_course.py)."""
 
-c = get_config()  # noqa: F821 (nbgrader defines it when it reads this file)
+c = get_config()  # nbgrader defines get_config() when it reads this file
 c.CourseDirectory.course_id = "sagan_edu"
 
 # A written answer becomes the same prompt as in the repository's exercises/.

@@ -14,7 +14,7 @@ from how the solution notebooks are written:
 | markdown with `### BEGIN SOLUTION` (a question)  | manually graded answer  | yes    | 1      |
 | anything else                                    | read-only               | no     |        |
 
-Solution cells stay editable, every other cell is locked. Points already in a cell's metadata
+Answer cells, code or written, stay editable; every other cell is locked. Points already in a cell's metadata
 (an instructor changed them in nbgrader's "Create Assignment" panel) are kept.
 
 A cell's grade id names its section and what the cell is, so it does not change when cells are
@@ -43,7 +43,7 @@ BEGIN = "### BEGIN SOLUTION"  # the marker tools/make_exercises.py and nbgrader 
 SCHEMA_VERSION = 3  # nbgrader's cell-metadata schema since 0.7
 DEFAULT_POINTS = 1
 
-CHECK_CALL = re.compile(r"^(check_\w+)\(", re.MULTILINE)
+CHECK_CALL = re.compile(r"(check_\w+)\(")  # matched at the start of a cell
 DEFINITION = re.compile(r"^(?:def|class)\s+(\w+)", re.MULTILINE)
 SECTION = re.compile(r"##\s+(.+)")  # a heading on the cell's first line
 EXERCISE = re.compile(r"Exercise\s+(\w+)\b", re.IGNORECASE)
@@ -77,7 +77,7 @@ def nbgrader_fields(kind: str, grade_id: str, points: float) -> dict:
     }
     if fields["grade"]:
         fields["points"] = points
-    return dict(sorted(fields.items()))  # the order nbgrader writes them in: stable diffs
+    return fields
 
 
 def with_nbgrader_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
