@@ -193,8 +193,9 @@ def test_nbgrader_makes_the_same_student_notebook_as_make_exercises(solution, re
         assert bookkept == o.metadata["nbgrader"], where
         if s.cell_type == "code" and BEGIN in s.source:
             pattern, indents = stub_pattern(s.source)
-            their_stubs = pattern.fullmatch(t.source).groups()
-            our_stubs = pattern.fullmatch(o.source).groups()
+            theirs_match, ours_match = pattern.fullmatch(t.source), pattern.fullmatch(o.source)
+            assert theirs_match and ours_match, f"{where}: text outside the answers differs"
+            their_stubs, our_stubs = theirs_match.groups(), ours_match.groups()
             assert their_stubs == tuple(textwrap.indent(NBGRADER_STUB, i) for i in indents), where
             for indent, stub in zip(indents, our_stubs, strict=True):
                 assert stub.startswith(indent + "# YOUR CODE HERE\n"), where
