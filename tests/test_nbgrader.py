@@ -86,6 +86,7 @@ def small_notebook() -> nbformat.NotebookNode:
             new_markdown_cell("**Question.** Why double?"),
             new_markdown_cell("### BEGIN SOLUTION\nBecause.\n### END SOLUTION"),
             new_markdown_cell("### BEGIN SOLUTION\nAnd again.\n### END SOLUTION"),
+            new_markdown_cell("Takeaway: doubled.\n\n## Exercise 0b: halve it"),
             new_markdown_cell("## Summary\n\nDoubled."),
         ]
     )  # fmt: skip
@@ -108,7 +109,8 @@ def test_the_convention_on_a_small_notebook():
          "schema_version": 3, "solution": True},
         {"grade": True, "grade_id": "ex0a_answer2", "locked": False, "points": 1,
          "schema_version": 3, "solution": True},
-        read_only("summary_cell1"),
+        read_only("ex0b_cell1"),
+        read_only("ex0b_cell2"),
     ]  # fmt: skip
     nb = nbgrader_metadata.with_nbgrader_metadata(small_notebook())
     assert [c.metadata["nbgrader"] for c in nb.cells] == expected

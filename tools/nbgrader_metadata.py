@@ -14,17 +14,16 @@ from how the solution notebooks are written:
 | markdown with `### BEGIN SOLUTION` (a question)  | manually graded answer  | yes    | 1      |
 | anything else                                    | read-only               | no     |        |
 
-Answer cells, code or written, stay editable; every other cell is locked. Points already in a cell's metadata
-(an instructor changed them in nbgrader's "Create Assignment" panel) are kept.
+Answer cells, code or written, stay editable; every other cell is locked. Points already in a
+cell's metadata (an instructor changed them in nbgrader's "Create Assignment" panel) are kept.
 
-A cell's grade id names its section and what the cell is, so it does not change when cells are
-added elsewhere. The section is the last markdown cell above that opens with a `## ` heading
-(`## Exercise 1a: …` gives `ex1a`, `## Your training loop` gives `your_training_loop`, cells
-above the first one are `intro`). Then comes the function or class an answer defines
-(`ex1a_attention_weights`), the check a test cell calls (`ex1a_check_attention_weights`),
-`answer` for a written answer, or `cell<k>`, the cell's position within its section, for a
-read-only cell (`intro_cell1`). nbgrader keys grade ids by notebook: they need only be unique
-within one.
+A cell's grade id names its exercise and what the cell is, so it does not change when cells are
+added elsewhere. The exercise is the last `## Exercise <label>` heading in or above the cell
+(`## Exercise 1a: …` gives `ex1a`; cells above the first one are `intro`). Then comes the
+function or class an answer defines (`ex1a_attention_weights`), the check a test cell calls
+(`ex1a_check_attention_weights`), `answer` for a written answer, or `cell<k>`, the cell's
+position from the heading on, for a read-only cell (`intro_cell1`). nbgrader keys grade ids by
+notebook: they need only be unique within one.
 """
 
 from __future__ import annotations
@@ -45,16 +44,7 @@ DEFAULT_POINTS = 1
 
 CHECK_CALL = re.compile(r"(check_\w+)\(")  # matched at the start of a cell
 DEFINITION = re.compile(r"^(?:def|class)\s+(\w+)", re.MULTILINE)
-SECTION = re.compile(r"##\s+(.+)")  # a heading on the cell's first line
-EXERCISE = re.compile(r"Exercise\s+(\w+)\b", re.IGNORECASE)
-
-
-def section_id(heading: str) -> str:
-    """`Exercise 1a: attention weights` -> `ex1a`; any other heading -> its words joined by `_`."""
-    if match := EXERCISE.match(heading):
-        return "ex" + match.group(1).lower()
-    words = re.findall(r"[a-z0-9]+", heading.lower())
-    return "_".join(words)[:40] or "section"
+EXERCISE = re.compile(r"^##\s+Exercise\s+(\w+)", re.MULTILINE)  # `## Exercise 1a: …` -> 1a
 
 
 def cell_kind(cell: nbformat.NotebookNode) -> str:
@@ -86,8 +76,8 @@ def with_nbgrader_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     section, position = "intro", 0
     used: set[str] = set()
     for cell in nb.cells:
-        if cell.cell_type == "markdown" and (heading := SECTION.match(cell.source)):
-            section, position = section_id(heading.group(1)), 0
+        if cell.cell_type == "markdown" and (labels := EXERCISE.findall(cell.source)):
+            section, position = f"ex{labels[-1].lower()}", 0
         position += 1
         kind = cell_kind(cell)
         if kind == "answer":
