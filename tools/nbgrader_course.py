@@ -8,7 +8,8 @@ Writes, in the folder given:
     source/<name>/<name>.ipynb           solutions/<name>.ipynb, for every solution notebook
 
 and leaves the rest of nbgrader's layout (release/, submitted/, autograded/, feedback/,
-gradebook.db) to nbgrader. Run it again after the solutions change: it rewrites source/.
+gradebook.db) to nbgrader. Run it again after the solutions change: it rewrites source/ (then
+`nbgrader generate_assignment --force <name>` remakes the release).
 
 The copies in source/ differ from solutions/ in one cell: the "Open in Colab" badge links to the
 exercise notebook, as it does in exercises/, so the released notebook does not link students to
