@@ -283,10 +283,11 @@ def _load_torchvision(
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise FileNotFoundError(
-                f"{name} is not in {folder} (missing: {', '.join(missing)}). To fix it: pass "
-                f"download=True when online; or set {DATA_ENV_VAR} (or pass root=) to a data "
-                f"folder that has these files under {folder.relative_to(root)}/; or use "
-                f"load_dataset('mnist5k'), which works offline."
+                f"{name} is not in {folder} (missing: {', '.join(missing)}). To fix it: when "
+                f"online, download it (load_dataset(..., download=True), TrainConfig(download="
+                f"True), or `sagan-edu train --download`); or set {DATA_ENV_VAR} (or pass "
+                f"root=) to a data folder that has these files under {folder.relative_to(root)}/; "
+                f"or use load_dataset('mnist5k'), which works offline."
             )
         dataset = _TORCHVISION[name](root, train=train, download=False)
 
