@@ -495,10 +495,17 @@ def consistency_score(images: torch.Tensor, dataset: str = "twin-shapes") -> tor
             f"consistency_score measures the synthetic datasets {', '.join(_SYNTHETIC)}; "
             f"got dataset={dataset!r}"
         )
-    if images.dim() != 4 or images.shape[-1] < 2:
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[-1] < 2 or images.shape[-2] < 1:
         raise ValueError(
             f"images must have shape (batch, channels, height, width) with width ≥ 2, "
             f"got {tuple(images.shape)}"
+        )
+    if len(images) == 0 or images.size(1) == 0:
+        raise ValueError(
+            f"images is empty (shape {tuple(images.shape)}); pass at least one image with at "
+            "least one channel"
         )
     images = images.detach().float()  # the FFT needs float32; AMP samples may be bf16 or fp16
     half = images.shape[-1] // 2
