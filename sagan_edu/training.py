@@ -62,6 +62,7 @@ from sagan_edu.checkpoints import (
     check_known_settings,
     check_output_folder,
     load_checkpoint,
+    remove_stale_temp_files,
 )
 from sagan_edu.data import DATASETS, load_dataset
 from sagan_edu.losses import LOSSES, get_losses
@@ -423,6 +424,8 @@ class Trainer:
     def fit(self) -> dict[str, list[float]]:
         """Train until `config.steps`, logging, calling back and checkpointing. Returns history."""
         with self._locked():
+            if self.is_main:  # the lock is ours: a temporary file here is a killed run's leftover
+                remove_stale_temp_files(self.checkpoint_path)
             return self._fit()
 
     def _fit(self) -> dict[str, list[float]]:
