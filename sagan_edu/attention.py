@@ -391,7 +391,7 @@ class SelfAttention2d(nn.Module):
         if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(
                 f"the input is {x.dtype} but this layer's weights are {weight_dtype}; convert "
-                f"one to the other: x.to({weight_dtype}) or layer.to({x.dtype})"
+                f"the input with x.to({weight_dtype})"
             )
         H, W = x.shape[-2:]
         if H == 0 or W == 0:

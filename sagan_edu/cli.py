@@ -236,6 +236,9 @@ def _check_output_file(path: Path, suffixes: tuple[str, ...]) -> None:
         raise ValueError(
             f"--out {path} is a folder; pass a file path such as {path / ('out' + suffixes[0])}"
         )
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"--out {path} lies below {blocker}, which is a file, not a folder")
     check_output_folder(path.parent, "the folder of --out")
 
 
