@@ -72,12 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             return 130
 
 
-def _one_line(error: BaseException) -> str:
-    text = (
-        str(error)
-        if not isinstance(error, OSError) or not error.filename
-        else (f"{error.strerror}: {error.filename}")
-    )
+def _one_line(error: BaseException | Warning | str) -> str:
+    """The message alone, on one line ("[Errno 28]" and the like left out)."""
+    text = str(error)
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror + (f": {error.filename}" if error.filename else "")
     return " ".join(text.split())
 
 

@@ -243,6 +243,5 @@ def load(name: str = "mnist5k-sagan32", device: str | torch.device = "cpu") -> G
 
 def training_info(name: str = "mnist5k-sagan32") -> dict:
     """The training config and step count a shipped weight file was made with."""
-    with safe_open(_path(name), framework="pt") as f:
-        metadata = f.metadata()
+    _, metadata = _read(name, "cpu")
     return {"step": int(metadata["step"]), **json.loads(metadata["train_config"])}

@@ -18,7 +18,7 @@ from sagan_edu.attention import MultiHeadAttention, SelfAttention2d, scaled_dot_
 from sagan_edu.cli import main
 from sagan_edu.data import consistency_score, load_dataset
 from sagan_edu.metrics import consistency, fd_and_kid
-from sagan_edu.models import Generator
+from sagan_edu.models import Discriminator, Generator
 from sagan_edu.training import TrainConfig, Trainer, load_checkpoint, sample_images
 
 TINY = ["--z-dim", "16", "--g-channels", "8", "--d-channels", "8", "--batch-size", "8",
@@ -298,6 +298,16 @@ def test_multi_head_attention_dtype_error():
     mha = MultiHeadAttention(8, 2)
     with pytest.raises(ValueError, match=r"inputs are torch.float64 but this layer's weights"):
         mha(torch.randn(2, 3, 8, dtype=torch.float64))
+
+
+def test_generator_and_discriminator_dtype_errors():
+    G, D = Generator(z_dim=16, base_channels=8), Discriminator(base_channels=8)
+    with pytest.raises(ValueError, match=r"z is torch.float64 .* z.to\(torch.float32\)"):
+        G(torch.randn(2, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"uint8.*x.float\(\) / 127.5 - 1"):
+        D(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast, mixed dtypes are the point
+        assert D(torch.zeros(2, 1, 32, 32, dtype=torch.bfloat16)).shape == (2,)
 
 
 def test_attention_function_rejects_integers_and_zero_width_keys():
