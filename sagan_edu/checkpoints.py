@@ -148,6 +148,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     Raises FileNotFoundError if there is no file, and CheckpointError (a ValueError) for a file
     that is not a complete sagan_edu training checkpoint.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a string or a Path to a checkpoint.pt, got {path!r}")
     path = Path(path)
     if path.is_dir():
         inside = path / CHECKPOINT_NAME

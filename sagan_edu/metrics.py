@@ -198,6 +198,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     Computed by torchmetrics' FID code (float64), fed the features directly.
     """
     for name, f in (("features_a", features_a), ("features_b", features_b)):
+        if not isinstance(f, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor (N, D), got {type(f).__name__}")
         if f.dim() != 2 or len(f) < 2:
             raise ValueError(f"{name} must be (N, D) with N ≥ 2, got shape {tuple(f.shape)}")
     if features_a.size(1) != features_b.size(1):
@@ -302,6 +304,11 @@ def class_histogram(
     images: torch.Tensor, classifier: MnistClassifier | None = None
 ) -> torch.Tensor:
     """How many of the images (B, 1, H, W) the classifier calls 0, 1, …, 9: a (10,) tensor."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
+        raise ValueError(
+            f"images must be a non-empty (B, 1, H, W) tensor, got "
+            f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}"
+        )
     classifier = classifier or load_classifier(images.device)
     predictions = torch.cat([classifier.logits(chunk).argmax(1) for chunk in images.split(500)])
     return torch.bincount(predictions, minlength=10).cpu()
@@ -314,6 +321,11 @@ def class_coverage(histogram: torch.Tensor, min_share: float = 0.02) -> dict[str
     collapse drops classes). entropy: the histogram's entropy divided by log(10), 1 for a uniform
     spread over all digits, 0 if every sample is the same digit.
     """
+    if histogram.shape != (10,) or histogram.sum() <= 0 or (histogram < 0).any():
+        raise ValueError(
+            f"histogram must be 10 non-negative counts with a positive total, as class_histogram "
+            f"returns; got {histogram.tolist()}"
+        )
     shares = histogram.float() / histogram.sum()
     nonzero = shares[shares > 0]
     entropy = -(nonzero * nonzero.log()).sum() / torch.log(torch.tensor(10.0))

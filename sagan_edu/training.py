@@ -66,7 +66,7 @@ from sagan_edu.checkpoints import (
 )
 from sagan_edu.data import DATASETS, load_dataset
 from sagan_edu.losses import LOSSES, get_losses
-from sagan_edu.models import ARCHS, Discriminator, Generator
+from sagan_edu.models import ARCHS, IMG_SIZES, Discriminator, Generator
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -168,6 +168,17 @@ def _check_config_values(config: TrainConfig) -> None:
                  "log_every", "checkpoint_every"):  # fmt: skip
         _at_least(name, getattr(config, name), 1)
     _at_least("seed", config.seed, 0)
+    if config.img_size not in IMG_SIZES:
+        raise ValueError(
+            f"img_size must be one of {', '.join(map(str, IMG_SIZES))}, got {config.img_size}; "
+            "the datasets are resized to it"
+        )
+    for name in ("g_channels", "d_channels"):
+        if getattr(config, name) % 8:
+            raise ValueError(
+                f"{name} must be a multiple of 8 (self-attention uses channels/8 for its queries "
+                f"and keys), got {getattr(config, name)}"
+            )
     for size in config.attention_at:
         _at_least("every attention_at size", size, 1)
     for name in ("lr_g", "lr_d"):
@@ -588,6 +599,8 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     Buffers (BatchNorm running statistics, spectral-norm vectors) are statistics of the current
     weights, not weights to average, so the EMA model takes them from the model directly.
     """
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"decay must be in [0, 1] (1 keeps the EMA unchanged), got {decay}")
     for ema_param, param in zip(ema_model.parameters(), model.parameters(), strict=True):
         ema_param.lerp_(param, 1.0 - decay)
     for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers(), strict=True):
@@ -612,8 +625,12 @@ def sample_images(
     For a class-conditional generator without `labels`, the classes cycle 0, 1, 2, ...
     n = 0 gives an empty (0, C, H, W) batch.
     """
+    if not isinstance(generator, nn.Module) or not hasattr(generator, "z_dim"):
+        raise ValueError(f"generator must be a sagan_edu Generator, got {type(generator).__name__}")
     if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
         raise ValueError(f"n, the number of images, must be a whole number ≥ 0, got {n!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"seed must be a whole number, got {seed!r}")
     device = next(generator.parameters()).device
     noise_rng = torch.Generator(device).manual_seed(seed)
     z = torch.randn(n, generator.z_dim, generator=noise_rng, device=device)
