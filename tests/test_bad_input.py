@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,6 +83,9 @@ def cli_error(capsys, argv: list[str]) -> str:
         ({"out_dir": ""}, "out_dir must name a folder"),
         ({"out_dir": 5}, "out_dir must be a string"),
         ({"resume": True, "overwrite": True}, "resume and overwrite contradict"),
+        ({"img_size": 48}, "img_size must be one of 32, 64, 128, got 48"),
+        ({"g_channels": 12}, "g_channels must be a multiple of 8"),
+        ({"d_channels": 4}, "d_channels must be a multiple of 8"),
     ],
 )
 def test_bad_config_values_fail_when_the_config_is_built(tmp_path, overrides, message):
@@ -90,8 +94,6 @@ def test_bad_config_values_fail_when_the_config_is_built(tmp_path, overrides, me
 
 
 def test_config_accepts_what_a_user_would_reasonably_pass(tmp_path):
-    import numpy as np
-
     config = tiny_config(tmp_path, steps=np.int64(3), lr_d=1, attention_at=[16],
                          betas=[0, 0.9], out_dir=tmp_path / "run")  # fmt: skip
     assert config.steps == 3 and type(config.steps) is int
@@ -316,6 +318,43 @@ def test_attention_function_rejects_integers_and_zero_width_keys():
         scaled_dot_product_attention(ints, ints, ints)
     with pytest.raises(ValueError, match=r"width 0"):
         scaled_dot_product_attention(torch.ones(2, 3, 0), torch.ones(2, 3, 0), torch.ones(2, 3, 4))
+
+
+def api_calls() -> dict:
+    """name -> (a call with a bad argument, what its error must say)."""
+    from sagan_edu.metrics import class_coverage, class_histogram, frechet_distance
+    from sagan_edu.training import update_ema
+    from sagan_edu.viz import plot_history
+
+    G = Generator(z_dim=16, base_channels=8)
+    return {
+        "load_checkpoint(123)": (lambda: load_checkpoint(123), "path must be a string or a Path"),
+        "sample_images('G')": (lambda: sample_images("G", 2), "must be a sagan_edu Generator"),
+        "sample_images(seed='a')": (lambda: sample_images(G, 2, seed="a"), "seed must be a whole"),
+        "update_ema(decay=1.5)": (lambda: update_ema(G, G, 1.5), r"decay must be in \[0, 1\]"),
+        "class_coverage(zeros)": (
+            lambda: class_coverage(torch.zeros(10)),
+            "positive total, as class_histogram returns",
+        ),
+        "class_histogram(empty)": (lambda: class_histogram(torch.zeros(0, 1, 32, 32)), "non-empty"),
+        "frechet_distance(numpy)": (
+            lambda: frechet_distance(np.zeros((3, 4)), np.zeros((3, 4))),
+            "must be a torch.Tensor",
+        ),
+        "plot_history({})": (lambda: plot_history({}), "history lacks step"),
+        "pretrained.load(None)": (lambda: pretrained.load(None), "name must be a string"),
+        "pretrained.load(device='tpu')": (
+            lambda: pretrained.load(device="tpu"),
+            "unknown device 'tpu'.*devices here: auto, cpu",
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(api_calls()))
+def test_public_functions_reject_bad_arguments_clearly(name):
+    call, message = api_calls()[name]
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 # ---------------------------------------------------------------------------------------------
