@@ -67,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         except USER_ERRORS as error:
             print(f"sagan-edu {args.command}: error: {_one_line(error)}", file=sys.stderr)
             return 2
+        except torch.OutOfMemoryError:
+            print(
+                f"sagan-edu {args.command}: error: the device ran out of memory; ask for less "
+                "at once (a smaller --batch-size or --n, narrower --g-channels/--d-channels, a "
+                "smaller --img-size)",
+                file=sys.stderr,
+            )
+            return 2
         except KeyboardInterrupt:
             print(f"sagan-edu {args.command}: interrupted", file=sys.stderr)
             return 130

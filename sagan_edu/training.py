@@ -119,12 +119,8 @@ class TrainConfig:
     out_dir: str = "runs/sagan"
     log_every: int = 50  # history and callback every this many steps
     checkpoint_every: int = 500  # also at the end
-    resume: bool = (
-        False  # continue from out_dir/checkpoint.pt (start fresh, with a warning, if none)
-    )
-    overwrite: bool = (
-        False  # replace a checkpoint already in out_dir (else such a folder is refused)
-    )
+    resume: bool = False  # continue from out_dir/checkpoint.pt (warns if there is none)
+    overwrite: bool = False  # replace a checkpoint in out_dir (else such a folder is refused)
     progress: bool = True  # show a tqdm progress bar
 
     def __post_init__(self):
