@@ -83,7 +83,8 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp creates the file 0600; give it the mode open() would (0666 minus the umask).
-        os.fchmod(fd, 0o666 & ~_umask())
+        if hasattr(os, "fchmod"):  # (not on Windows before Python 3.13)
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             _write_all(f, buffer.getbuffer())
             f.flush()
@@ -311,6 +312,9 @@ class RunLock:
                 f"{self.path.parent} is in use: {holder} is training into it right now. Wait "
                 "for it to finish, or train into another folder (--out / out_dir)"
             ) from None
+        except OSError:  # a file system without locks (some network mounts): train unlocked
+            file.close()
+            return
         file.seek(0)
         file.truncate()
         file.write(f"process {os.getpid()}")
