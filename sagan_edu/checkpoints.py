@@ -44,6 +44,7 @@ __all__ = [
     "RunFolderBusy",
     "RunLock",
     "atomic_save",
+    "atomic_write",
     "check_output_folder",
     "load_checkpoint",
     "remove_stale_temp_files",
@@ -72,13 +73,21 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
     """torch.save `obj` to `path` so that no crash, kill or full disk leaves a broken file there.
 
     On a full disk this raises OSError(ENOSPC) with a message that says so, and the previous file
-    at `path` is unchanged. Two processes writing one path at once are not supported (the
-    trainer's RunLock prevents it): each would remove the other's temporary file.
+    at `path` is unchanged.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)  # in memory: errors here never touch the disk
+    atomic_write(buffer.getbuffer(), path, what="checkpoint")
+
+
+def atomic_write(data: bytes | memoryview, path: str | os.PathLike, what: str = "file") -> None:
+    """Write `data` to `path` through a temporary file, fsync and rename (see the module doc).
+
+    Two processes writing one path at once are not supported (the trainer's RunLock prevents
+    it): each would remove the other's temporary file. `what` names the file in errors.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)  # in memory: errors here never touch the disk
     remove_stale_temp_files(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -86,7 +95,7 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
         if hasattr(os, "fchmod"):  # (not on Windows before Python 3.13)
             os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            _write_all(f, buffer.getbuffer())
+            _write_all(f, data)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
         os.replace(tmp, path)
@@ -94,11 +103,11 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
         if error.errno == errno.ENOSPC:
+            again = "continue with --resume (resume=True)" if what == "checkpoint" else "try again"
             raise OSError(
                 errno.ENOSPC,
-                f"no space left on the device while writing {path} "
-                f"({buffer.getbuffer().nbytes / 1e6:.1f} MB); the previous checkpoint there is "
-                "unchanged. Free some space, then continue with --resume (resume=True)",
+                f"no space left on the device while writing {path} ({len(data) / 1e6:.1f} MB); "
+                f"the previous {what} there, if any, is unchanged. Free some space, then {again}",
             ) from error
         raise
     except BaseException:
@@ -106,7 +115,7 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
         raise
 
 
-def _write_all(f: io.BufferedWriter, data: memoryview) -> None:
+def _write_all(f: io.BufferedWriter, data: bytes | memoryview) -> None:
     """Write every byte of `data` (a separate function so tests can make the disk full)."""
     f.write(data)
 

@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from sagan_edu.checkpoints import check_output_folder
+from sagan_edu.checkpoints import atomic_write, check_output_folder
 from sagan_edu.data import consistency_score, load_dataset
 from sagan_edu.pretrained import verify_checksum
 from sagan_edu.training import pick_device
@@ -141,11 +142,9 @@ def train_classifier(
         "train_accuracy": _accuracy(model, train_set.images, train_set.labels),
         "held_out_accuracy": _accuracy(model, held_out.images, held_out.labels),
     }
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        out_path,
-        metadata={k: f"{v:.4f}" for k, v in accuracy.items()} | {"epochs": str(epochs)},
-    )
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    metadata = {k: f"{v:.4f}" for k, v in accuracy.items()} | {"epochs": str(epochs)}
+    atomic_write(safetensors_bytes(tensors, metadata=metadata), out_path, what="weight file")
     return accuracy
 
 

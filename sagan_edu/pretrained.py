@@ -32,9 +32,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 
-from sagan_edu.checkpoints import check_output_folder
+from sagan_edu.checkpoints import atomic_write, check_output_folder
 from sagan_edu.models import Discriminator, Generator
 from sagan_edu.training import load_checkpoint, pick_device
 
@@ -114,8 +115,10 @@ def export_pretrained(
     if keep_discriminator:
         metadata["D_config"] = json.dumps(state["D_config"])
     out_path = Path(out_path)
+    if out_path.suffix != ".safetensors":
+        raise ValueError(f"out_path must end in .safetensors, got {out_path}")
     check_output_folder(out_path.parent, "the folder of out_path")
-    save_file(tensors, out_path, metadata=metadata)
+    atomic_write(safetensors_bytes(tensors, metadata=metadata), out_path, what="weight file")
     return out_path
 
 

@@ -67,7 +67,9 @@ def test_disk_full_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypat
 
     monkeypatch.setattr(checkpoints, "_write_all", full_disk)
     trainer.step()
-    with pytest.raises(OSError, match=r"no space left .* previous checkpoint there is unchanged"):
+    with pytest.raises(
+        OSError, match=r"no space left .* previous checkpoint there, if any, is unchanged"
+    ):
         trainer.save_checkpoint()
     assert trainer.checkpoint_path.read_bytes() == before
     assert temp_files(trainer.checkpoint_path.parent) == []
@@ -355,3 +357,18 @@ def test_kill_9_loop_never_corrupts_and_resumes_bit_identically(tmp_path):
         for name, value in straight[part].items():
             assert torch.equal(resumed[part][name], value), f"{part}.{name} differs"
     assert temp_files(run) == []
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_no_partial_file(
+    tmp_path, trained, monkeypatch, capsys
+):
+    def full_disk(f, data):
+        f.write(data[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "_write_all", full_disk)
+    out = tmp_path / "g.safetensors"
+    assert main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left" in err
+    assert list(tmp_path.iterdir()) == []  # neither half a weight file nor a temporary file
