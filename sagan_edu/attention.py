@@ -56,6 +56,8 @@ def scaled_dot_product_attention(
     _check_qkv(q, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
+    elif not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale}")
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., Lq, Lk)
     if mask is None:

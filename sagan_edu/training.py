@@ -260,7 +260,10 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, callback: Callable[[Trainer], None] | None = None):
         if not isinstance(config, TrainConfig):
-            raise ValueError(f"Trainer needs a TrainConfig, got {type(config).__name__}")
+            hint = "; build one with TrainConfig(**settings)" if isinstance(config, dict) else ""
+            raise ValueError(f"Trainer needs a TrainConfig, got {type(config).__name__}{hint}")
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be a function of the trainer, got {callback!r}")
         checkpoint_path = Path(config.out_dir) / CHECKPOINT_NAME
         checkpoint = _checkpoint_to_resume(config, checkpoint_path)
         if checkpoint is not None:

@@ -343,6 +343,11 @@ def api_calls() -> dict:
         ),
         "plot_history({})": (lambda: plot_history({}), "history lacks step"),
         "pretrained.load(None)": (lambda: pretrained.load(None), "name must be a string"),
+        "Trainer(dict)": (lambda: Trainer({"steps": 2}), r"TrainConfig\(\*\*settings\)"),
+        "scaled_dot_product_attention(scale=nan)": (
+            lambda: scaled_dot_product_attention(*[torch.ones(1, 2, 4)] * 3, scale=math.nan),
+            "scale must be a finite number",
+        ),
         "pretrained.load(device='tpu')": (
             lambda: pretrained.load(device="tpu"),
             "unknown device 'tpu'.*devices here: auto, cpu",
