@@ -26,6 +26,27 @@ versions, date) in OUT/ablation.json; OUT/ablation.md is the mean ± std table g
     python benchmarks/ablation.py --table-only                      # rewrite ablation.md only
     python benchmarks/ablation.py --overfitting                     # D(train) − D(held-out)
 
+Variants (each is part of a run's identity, so records of different variants never replace
+each other): `--attention-in g|d` puts the block in one network only; `--block residual` puts the
+same-size local residual block there instead (the SAGAN paper's control); `--scaled` divides the
+attention scores by √d; `--lr-d/--lr-g` set the learning rates (default: TTUR 4e-4 / 1e-4).
+
+Besides the mean scores, every record of a shape dataset holds the per-sample consistency,
+shape agreement and colour agreement (sagan_edu.halves) of its samples, rounded to 3 decimals;
+for runs with attention in G, the same scores with G's attention switched off at inference
+(`scaled_attention(G_ema, 0)`) and made uniform (`uniform_attention(G_ema)`): the causal test;
+the final γ of every block; and a `status`: "diverged" (a loss became NaN/inf: TrainingDiverged),
+"collapsed" (COLLAPSE_RULE) or "trained". 16 samples per run (and 16 with attention off, from
+the same noise) go to OUT/ablation-samples.npz as uint8, keyed by the record's `run_id`.
+
+    python benchmarks/ablation.py --tuning --lr-d 1e-4 --lr-g 2.5e-5 ...   # -> tuning.json/.md
+
+`--tuning` writes the records to OUT/tuning.json and a table of statuses and scores per learning
+rate to OUT/tuning.md instead of ablation.json/.md; everything else is the same.
+
+Seeds default to 1, 2, 3: the shipped weights were trained with seed 0, so the sweep's seeds are
+other draws (pass --seeds 0 to include it deliberately).
+
 The overfitting experiment trains on a random 500-image subset of mnist5k's training digits and
 records, every --every steps, the mean D output on those 500 training images and on 500 held-out
 digits. A growing gap D(train) − D(held-out) means D is memorising its training images.
@@ -48,9 +69,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from sagan_edu.data import ImageDataset, load_dataset
+from sagan_edu.attention_ablation import attention_blocks, scaled_attention, uniform_attention
+from sagan_edu.data import ImageDataset, consistency_score, load_dataset
+from sagan_edu.halves import half_agreement
 from sagan_edu.metrics import (
     FD_NAME,
     KID_NAME,
@@ -62,7 +86,7 @@ from sagan_edu.metrics import (
     load_classifier,
 )
 from sagan_edu.models import discriminator_sizes, generator_sizes
-from sagan_edu.training import TrainConfig, Trainer
+from sagan_edu.training import TrainConfig, Trainer, TrainingDiverged
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DATASETS = ("twin-shapes", "mnist5k", "local-shapes")
@@ -71,12 +95,32 @@ EVAL_SEED = 1234  # the noise the evaluation samples are drawn from: the same fo
 EMPTY_ABLATION = {"runs": [], "references": {}, "skipped": []}
 GREY_FD_NAME = "Fréchet distance (MNIST classifier features, greyscale images)"
 CONSISTENCY_NAME = "consistency (mean over samples)"
+SHAPE_NAME = "shape agreement (halves' shape classes match)"
+COLOUR_NAME = "colour agreement (halves' colour classes match)"
+SAMPLES_SAVED = 16  # uint8 samples per run in ablation-samples.npz
+DIVERSITY_SAMPLES = 200
+COLLAPSE_FRACTION = 0.5
+COLLAPSE_RULE = (
+    f"collapsed: the mean pairwise L2 distance between {DIVERSITY_SAMPLES} generated images is "
+    f"below {COLLAPSE_FRACTION} x the same distance between {DIVERSITY_SAMPLES} real held-out "
+    "images; diverged: a loss became NaN or infinite (TrainingDiverged); trained: neither"
+)
 
 # Which metric the table shows per dataset, and whether lower is better.
 HEADLINE: dict[str, list[tuple[str, bool]]] = {
-    "twin-shapes": [(CONSISTENCY_NAME, False), (GREY_FD_NAME, True)],
+    "twin-shapes": [
+        (CONSISTENCY_NAME, False),
+        (SHAPE_NAME, False),
+        (COLOUR_NAME, False),
+        (GREY_FD_NAME, True),
+    ],
     "mnist5k": [(FD_NAME, True), (KID_NAME, True), ("classes covered", False)],
-    "local-shapes": [(CONSISTENCY_NAME, False), (GREY_FD_NAME, True)],
+    "local-shapes": [
+        (CONSISTENCY_NAME, False),
+        (SHAPE_NAME, False),
+        (COLOUR_NAME, False),
+        (GREY_FD_NAME, True),
+    ],
 }
 
 
@@ -93,7 +137,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="feature-map sizes that get attention in G and D; 'none' is the baseline. "
         "Sizes the image size does not have in both G and D are skipped with a note.",
     )  # fmt: skip
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3],
+        help="training seeds; 0 is the shipped weights' seed, so it is left out by default",
+    )  # fmt: skip
+    parser.add_argument(
+        "--attention-in", choices=("both", "g", "d"), default="both",
+        help="the network(s) that get the block: both, G only or D only",
+    )  # fmt: skip
+    parser.add_argument(
+        "--block", choices=("attention", "residual"), default="attention",
+        help="what sits at the --attention sizes: self-attention or the same-size residual block",
+    )  # fmt: skip
+    parser.add_argument("--scaled", action="store_true", help="divide attention scores by √d")
+    parser.add_argument("--lr-d", type=float, default=4e-4, help="discriminator learning rate")
+    parser.add_argument("--lr-g", type=float, default=1e-4, help="generator learning rate")
+    parser.add_argument(
+        "--tuning", action="store_true",
+        help="write to tuning.json / tuning.md (the learning-rate grid) instead of ablation.*",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=400, help="generator steps per run")
     parser.add_argument("--channels", type=int, default=16, help="base width of G and D")
     parser.add_argument("--batch", type=int, default=32)
@@ -150,6 +212,7 @@ def environment(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
@@ -170,18 +233,36 @@ def load_json(path: Path, empty: dict) -> dict:
 
 
 @contextlib.contextmanager
+def locked_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` itself (no lock file left behind) for the block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor closes
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def locked_json(path: Path, empty: dict) -> Iterator[dict]:
     """The file's contents, to change in a `with` block; written back when the block ends.
 
-    An exclusive lock is held throughout, so sweeps running side by side never overwrite each
-    other's records.
+    An exclusive lock on the file's folder is held throughout, so sweeps running side by side
+    never overwrite each other's records.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
+    with locked_folder(path.parent):
         results = load_json(path, empty)
         yield results
         save_json(results, path)
+
+
+def save_text(text: str, path: Path) -> None:
+    """Write through a temporary file and a rename, like save_json: never half a table."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def grey(images: torch.Tensor) -> torch.Tensor:
@@ -220,8 +301,30 @@ def evaluate(samples: torch.Tensor, dataset: str, real: torch.Tensor) -> dict[st
         return metrics
     scores = consistency(samples, dataset)
     fd = fd_and_kid(grey(real), grey(samples), classifier)[FD_NAME]
+    halves = half_agreement(samples)
     return {CONSISTENCY_NAME: scores["mean"], "consistency std over samples": scores["std"],
-            GREY_FD_NAME: fd}  # fmt: skip
+            GREY_FD_NAME: fd, SHAPE_NAME: halves["shape"].mean().item(),
+            COLOUR_NAME: halves["colour"].mean().item(),
+            "shape confidence": halves["shape_confidence"].mean().item()}  # fmt: skip
+
+
+def per_sample(samples: torch.Tensor, dataset: str) -> dict[str, list[float]]:
+    """Per-sample scores and half classes of a shape dataset's samples (for histograms)."""
+    if dataset == "mnist5k":
+        return {}
+    halves = half_agreement(samples.cpu())
+    values = {"consistency": consistency_score(samples.cpu(), dataset), **halves}
+    # Class indices and 0/1 agreements as ints, scores to 3 decimals: a small JSON.
+    return {name: [round(v, 3) if name in ("consistency", "shape_confidence") else int(v)
+                   for v in t.tolist()] for name, t in values.items()}  # fmt: skip
+
+
+def mean_pairwise_distance(images: torch.Tensor) -> float:
+    """Mean L2 distance between all pairs of (B, C, H, W) images: how varied they are."""
+    flat = images.float().cpu().flatten(1)
+    distances = torch.cdist(flat, flat)  # (B, B), zeros on the diagonal
+    n = len(flat)
+    return (distances.sum() / (n * (n - 1))).item()
 
 
 def references(dataset: str, n: int, img_size: int) -> dict[str, float]:
@@ -237,10 +340,17 @@ def references(dataset: str, n: int, img_size: int) -> dict[str, float]:
     ref = consistency_reference(dataset, n=n, img_size=img_size)
     real_a = held_out_images(dataset, n, img_size, seed=0)
     real_b = held_out_images(dataset, n, img_size, seed=1)
+    independent = load_dataset("local-shapes", train=False, img_size=img_size, length=n).images
+    real_halves, independent_halves = half_agreement(real_a), half_agreement(independent)
     return {
         "consistency, real images": ref["real"],
         "consistency, halves drawn independently (ignores long range)": ref["ignores_long_range"],
         f"real vs real: {GREY_FD_NAME}": fd_and_kid(grey(real_a), grey(real_b))[FD_NAME],
+        f"{SHAPE_NAME}, real images": real_halves["shape"].mean().item(),
+        f"{SHAPE_NAME}, halves drawn independently": independent_halves["shape"].mean().item(),
+        f"{COLOUR_NAME}, real images": real_halves["colour"].mean().item(),
+        f"{COLOUR_NAME}, halves drawn independently": independent_halves["colour"].mean().item(),
+        "mean pairwise distance, real images": mean_pairwise_distance(real_a[:DIVERSITY_SAMPLES]),
     }
 
 
@@ -250,16 +360,35 @@ def references(dataset: str, n: int, img_size: int) -> dict[str, float]:
 
 
 def run_key(record: dict) -> tuple:
-    """Two records describe the same run when all of these agree."""
+    """Two records describe the same run when all of these agree.
+
+    Records written before the variants existed lack their fields: they get the defaults, which
+    is what they ran with.
+    """
     c = record["config"]
     return (record["dataset"], record["placement"], record["seed"], record["steps"],
-            c["g_channels"], c["batch_size"], c["img_size"], record["eval_samples"])  # fmt: skip
+            c["g_channels"], c["batch_size"], c["img_size"], record["eval_samples"],
+            *variant(c))  # fmt: skip
+
+
+def variant(config: dict) -> tuple:
+    """(attention_in, attention_block, attention_scaled, lr_d, lr_g) of a record's config."""
+    return (config.get("attention_in", "both"), config.get("attention_block", "attention"),
+            config.get("attention_scaled", False), config.get("lr_d", 4e-4),
+            config.get("lr_g", 1e-4))  # fmt: skip
+
+
+def run_id(record: dict) -> str:
+    """run_key as one string, e.g. 'twin-shapes|16|1|2000|32|64|32|500|both|attention|…'."""
+    return "|".join(str(part) for part in run_key(record))
 
 
 def make_config(args: argparse.Namespace, dataset: str, placement: str, seed: int,
                 out_dir: Path) -> TrainConfig:  # fmt: skip
     return TrainConfig(
         dataset=dataset, img_size=args.img_size, attention_at=attention_sizes(placement),
+        attention_in=args.attention_in, attention_block=args.block,
+        attention_scaled=args.scaled, lr_d=args.lr_d, lr_g=args.lr_g,
         g_channels=args.channels, d_channels=args.channels, batch_size=args.batch,
         steps=args.steps, seed=seed, device=args.device, out_dir=str(out_dir),
         log_every=max(1, min(50, args.steps)), checkpoint_every=args.steps, progress=False,
@@ -268,17 +397,17 @@ def make_config(args: argparse.Namespace, dataset: str, placement: str, seed: in
 
 
 def run_one(args: argparse.Namespace, dataset: str, placement: str, seed: int,
-            real: torch.Tensor, runs_dir: Path) -> dict:  # fmt: skip
-    """Train one GAN, score its EMA generator's samples, and return the run's record."""
-    out_dir = runs_dir / f"{dataset}-att{placement}-s{seed}"
+            real: torch.Tensor, runs_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:  # fmt: skip
+    """Train one GAN, score its EMA generator's samples; return the record and samples to keep.
+
+    A run that diverges is recorded too (status "diverged", no scores): the tuning grid counts it.
+    """
+    variant_name = f"{args.attention_in}-{args.block}{'-scaled' if args.scaled else ''}"
+    out_dir = runs_dir / f"{dataset}-att{placement}-{variant_name}-lr{args.lr_d:g}-s{seed}"
     config = make_config(args, dataset, placement, seed, out_dir)
     start = time.perf_counter()
     trainer = Trainer(config)
-    trainer.fit()
-    train_time = time.perf_counter() - start
-    samples = trainer.sample(args.eval_samples, seed=EVAL_SEED)
-    metrics = evaluate(samples, dataset, real)
-    return {
+    record = {
         "dataset": dataset,
         "placement": placement,
         "attention_at": list(config.attention_at),
@@ -286,14 +415,95 @@ def run_one(args: argparse.Namespace, dataset: str, placement: str, seed: int,
         "steps": config.steps,
         "eval_samples": args.eval_samples,
         "params": {"G": count_parameters(trainer.G), "D": count_parameters(trainer.D)},
-        "metrics": metrics,
-        "final_losses": {k: trainer.history[k][-1] for k in ("loss_d", "loss_g")},
+        "amp_dtype": str(trainer.amp_dtype),  # None on CPU
+    }
+    kept: dict[str, np.ndarray] = {}
+    fit_start = time.perf_counter()
+    try:
+        trainer.fit()
+        diverged = None
+    except TrainingDiverged as error:
+        diverged = error
+    train_time = time.perf_counter() - start
+    fit_time = time.perf_counter() - fit_start  # the steps only: no data loading, no model setup
+    if diverged is None:
+        record |= score(trainer, dataset, real, args.eval_samples, kept)
+    else:
+        record |= {"status": "diverged", "diverged_at_step": trainer.step_count,
+                   "error": str(diverged).splitlines()[0], "metrics": {}}  # fmt: skip
+    losses = {k: trainer.history[k][-1] for k in ("loss_d", "loss_g") if trainer.history.get(k)}
+    record |= {
+        "final_losses": losses,
         "train_time_s": round(train_time, 1),
+        "time_per_step_ms": round(1000 * fit_time / max(1, trainer.step_count), 2),
         "wall_time_s": round(time.perf_counter() - start, 1),
         "config": asdict(config),
         "command": args.command,
         **environment(trainer.device),
     }
+    record["run_id"] = run_id(record)
+    return record, {f"{record['run_id']}|{name}": images for name, images in kept.items()}
+
+
+@torch.no_grad()
+def score(trainer: Trainer, dataset: str, real: torch.Tensor, n: int,
+          kept: dict[str, np.ndarray]) -> dict:  # fmt: skip
+    """Metrics, per-sample scores, γs, status and the causal test of a trained run.
+
+    Fills `kept` with SAMPLES_SAVED uint8 samples (and, with attention in G, the same noise's
+    samples with attention switched off).
+    """
+    G = trainer.G_ema
+    samples = trainer.sample(n, seed=EVAL_SEED).cpu()
+    diversity = mean_pairwise_distance(samples[:DIVERSITY_SAMPLES])
+    real_diversity = mean_pairwise_distance(real[:DIVERSITY_SAMPLES])
+    collapsed = diversity < COLLAPSE_FRACTION * real_diversity
+    kept["samples"] = to_uint8(samples[:SAMPLES_SAVED])
+    result = {
+        "status": "collapsed" if collapsed else "trained",
+        "collapse_rule": COLLAPSE_RULE,
+        "diversity": {"samples": round(diversity, 4), "real": round(real_diversity, 4)},
+        "metrics": evaluate(samples, dataset, real),
+        "per_sample": per_sample(samples, dataset),
+        "gamma": gammas(trainer.G_ema, "G") | gammas(trainer.D, "D"),
+    }
+    if attention_blocks(G):  # the causal test: the same noise with G's attention off or blurred
+        result["attention_off"] = {}
+        for name, ablation in (("scale 0", lambda: scaled_attention(G, 0.0)),
+                               ("uniform", lambda: uniform_attention(G))):  # fmt: skip
+            with ablation():
+                ablated = trainer.sample(n, seed=EVAL_SEED).cpu()
+            result["attention_off"][name] = evaluate(ablated, dataset, real)
+            if name == "scale 0":
+                kept["samples_attention_off"] = to_uint8(ablated[:SAMPLES_SAVED])
+    return result
+
+
+def gammas(model: torch.nn.Module, tag: str) -> dict[str, float]:
+    """The final γ of each attention (or residual control) block, keyed like 'G/16x16'."""
+    layers = model.attention_layers().items()
+    return {f"{tag}/{key}": round(float(block.gamma), 5) for key, block in layers}
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> uint8 (B, C, H, W) in [0, 255]."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def save_samples(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Add `arrays` to the npz at `path` (read, add, write to a temp file, rename), under a lock."""
+    if not arrays:
+        return
+    with locked_folder(path.parent):
+        saved = {}
+        if path.exists():
+            with np.load(path) as old:
+                saved = dict(old)
+        saved |= arrays
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **saved)
+        os.replace(tmp, path)
 
 
 def sweep(args: argparse.Namespace) -> dict:
@@ -302,7 +512,7 @@ def sweep(args: argparse.Namespace) -> dict:
     Each save re-reads the file under a lock and adds to it, so two sweeps over different
     datasets or seeds may run at once (one per core) and write into the same ablation.json.
     """
-    path = args.out / "ablation.json"
+    path = args.out / ("tuning.json" if args.tuning else "ablation.json")
     done = {run_key(r) for r in load_json(path, EMPTY_ABLATION)["runs"]}
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="ablation-"))
     for dataset in args.datasets:
@@ -327,16 +537,22 @@ def sweep(args: argparse.Namespace) -> dict:
                 probe = {"dataset": dataset, "placement": placement, "seed": seed,
                          "steps": args.steps, "eval_samples": args.eval_samples,
                          "config": {"g_channels": args.channels, "batch_size": args.batch,
-                                    "img_size": args.img_size}}  # fmt: skip
+                                    "img_size": args.img_size, "attention_in": args.attention_in,
+                                    "attention_block": args.block,
+                                    "attention_scaled": args.scaled, "lr_d": args.lr_d,
+                                    "lr_g": args.lr_g}}  # fmt: skip
                 if args.skip_existing and run_key(probe) in done:
-                    print(f"exists: {dataset} attention={placement} seed={seed}", flush=True)
+                    print(f"exists: {dataset} attention={placement} seed={seed} "
+                          f"({run_id(probe)})", flush=True)  # fmt: skip
                     continue
-                record = run_one(args, dataset, placement, seed, real, runs_dir)
+                record, samples = run_one(args, dataset, placement, seed, real, runs_dir)
                 with locked_json(path, EMPTY_ABLATION) as results:
                     replace_run(results, record, run_key)
+                    results["collapse_rule"] = COLLAPSE_RULE
+                save_samples(args.out / "ablation-samples.npz", samples)
                 done.add(run_key(record))
                 took = f"{record['wall_time_s']:.0f}s"
-                print(f"done: {dataset} attention={placement} seed={seed} {took} "
+                print(f"done: {record['run_id']} {record['status']} {took} "
                       f"{short(record['metrics'])}", flush=True)  # fmt: skip
     return load_json(path, EMPTY_ABLATION)
 
@@ -358,6 +574,8 @@ def short(metrics: dict[str, float]) -> str:
 
 
 def mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
     if len(values) == 1:
         return f"{values[0]:.3g} (1 seed)"
     return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
@@ -378,9 +596,17 @@ def group_runs(runs: list[dict]) -> dict[tuple, list[dict]]:
     ):
         c = r["config"]
         key = (r["dataset"], r["placement"], r["steps"], c["g_channels"], c["batch_size"],
-               c["img_size"])  # fmt: skip
+               c["img_size"], *variant(c))  # fmt: skip
         groups.setdefault(key, []).append(r)
     return groups
+
+
+def variant_label(attention_in: str, block: str, scaled: bool, lr_d: float, lr_g: float) -> str:
+    """E.g. 'G only, residual, √d, lr 0.0008/0.0002'; 'default' for both, attention, 4e-4/1e-4."""
+    parts = [{"both": "", "g": "G only", "d": "D only"}[attention_in],
+             "" if block == "attention" else block, "√d" if scaled else "",
+             "" if (lr_d, lr_g) == (4e-4, 1e-4) else f"lr {lr_d:g}/{lr_g:g}"]  # fmt: skip
+    return ", ".join(p for p in parts if p) or "default"
 
 
 def table(results: dict) -> str:
@@ -401,16 +627,19 @@ def table(results: dict) -> str:
             continue
         names = [name for name, _ in HEADLINE[dataset]]
         lines += [f"## {dataset}", ""]
-        lines.append("| attention at | steps | ch | batch | seeds | params G / D | "
+        lines.append("| attention at | variant | steps | ch | batch | seeds | params G / D | "
                      + " | ".join(names) + " | train s/run |")  # fmt: skip
-        lines.append("|" + " --- |" * (7 + len(names)))
-        for (_, placement, steps, ch, batch, _size), runs in groups.items():
-            cells = [mean_std([r["metrics"][n] for r in runs]) for n in names]
+        lines.append("|" + " --- |" * (8 + len(names)))
+        for (_, placement, steps, ch, batch, _size, *var), runs in groups.items():
+            scored = [r for r in runs if r["metrics"]]  # diverged runs have no scores
+            cells = [mean_std([r["metrics"][n] for r in scored if n in r["metrics"]])
+                     for n in names]  # fmt: skip
             params = f"{runs[0]['params']['G']:,} / {runs[0]['params']['D']:,}"
             seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
             time_s = statistics.mean(r["train_time_s"] for r in runs)
             label = "none" if placement == "none" else f"{placement}×{placement}"
-            lines.append(f"| {label} | {steps} | {ch} | {batch} | {seeds} | {params} | "
+            lines.append(f"| {label} | {variant_label(*var)} | {steps} | {ch} | {batch} | "
+                         f"{seeds} | {params} | "
                          + " | ".join(cells) + f" | {time_s:.0f} |")  # fmt: skip
         refs = {k: v for k, v in results["references"].items() if k.startswith(dataset + " @")}
         for where, values in refs.items():
@@ -432,8 +661,52 @@ def table(results: dict) -> str:
 
 def write_table(results: dict, out: Path) -> str:
     text = table(results)
-    (out / "ablation.md").write_text(text, encoding="utf-8")
+    save_text(text, out / "ablation.md")
     return text
+
+
+def with_default_rates(tuning_runs: list[dict], ablation: dict) -> list[dict]:
+    """The tuning runs plus the ablation's default-rate runs (4e-4 / 1e-4) of the same settings:
+    the grid's default cell is trained once, for ablation.json, and shown in both tables."""
+
+    def setting(r: dict) -> tuple:
+        c = r["config"]
+        return (r["dataset"], r["placement"], r["steps"], c["g_channels"], c["batch_size"],
+                c["img_size"], r["eval_samples"], *variant(c)[:3])  # fmt: skip
+
+    settings = {setting(r) for r in tuning_runs}
+    defaults = [r for r in ablation["runs"]
+                if setting(r) in settings and variant(r["config"])[3:] == (4e-4, 1e-4)]  # fmt: skip
+    return tuning_runs + defaults
+
+
+def tuning_table(results: dict) -> str:
+    """The learning-rate grid: per cell, how many seeds diverged, collapsed or trained, and the
+    scores of the runs that did not diverge (mean ± std over seeds)."""
+    names = [CONSISTENCY_NAME, SHAPE_NAME, COLOUR_NAME, GREY_FD_NAME]
+    lines = [
+        "# The tuning burden: learning rates with and without attention",
+        "",
+        "Generated by `benchmarks/ablation.py --tuning` from `tuning.json` (do not edit by hand).",
+        f"Status rule: {results.get('collapse_rule', COLLAPSE_RULE)}.",
+        "",
+        "| dataset | attention at | variant | steps | ch | batch | lr_d | lr_g | seeds | "
+        "diverged / collapsed / trained | " + " | ".join(n.split(" (")[0] for n in names) + " |",
+        "|" + " --- |" * (10 + len(names)),
+    ]
+    for (dataset, placement, steps, ch, batch, _size, *var), runs in group_runs(
+        results["runs"]
+    ).items():
+        counts = [sum(r.get("status") == s for r in runs)
+                  for s in ("diverged", "collapsed", "trained")]  # fmt: skip
+        scored = [r for r in runs if r["metrics"]]
+        cells = [mean_std([r["metrics"][n] for r in scored if n in r["metrics"]]) for n in names]
+        seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+        lr_d, lr_g = var[3], var[4]
+        lines.append(f"| {dataset} | {placement} | {variant_label(*var[:3], 4e-4, 1e-4)} | "
+                     f"{steps} | {ch} | {batch} | {lr_d:g} | {lr_g:g} | {seeds} | "
+                     f"{' / '.join(map(str, counts))} | " + " | ".join(cells) + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,10 +818,17 @@ def main(argv: list[str] | None = None) -> int:
         print(overfitting_table(results))
         return 0
     if args.table_only:
-        results = load_json(args.out / "ablation.json", {"runs": [], "references": {}})
+        name = "tuning.json" if args.tuning else "ablation.json"
+        results = load_json(args.out / name, {"runs": [], "references": {}})
     else:
         results = sweep(args)
-    print(write_table(results, args.out))
+    if args.tuning:
+        ablation = load_json(args.out / "ablation.json", EMPTY_ABLATION)
+        text = tuning_table(results | {"runs": with_default_rates(results["runs"], ablation)})
+        save_text(text, args.out / "tuning.md")
+        print(text)
+    else:
+        print(write_table(results, args.out))
     return 0
 
 

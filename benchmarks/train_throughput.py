@@ -11,12 +11,19 @@ Variants, each on top of the one before:
     amp+channels_last          models and batches in the NHWC memory layout, GPU only
     amp+channels_last+compile  G and D wrapped in torch.compile, GPU only
     compile-fp32               float32 + torch.compile (the CPU's compiled variant)
+    amp+fast_step              AMP, and the whole iteration replayed as one CUDA graph
+                               (TrainConfig.fast_step), GPU only
+    amp+channels_last+fast_step  the same in the NHWC layout, GPU only
+    fast_step-fp32             float32 + the CUDA graph, GPU only
 
 AMP is off on CPU (the Trainer never enables it there), so on CPU the AMP variants are reported
-as "GPU only". channels_last is TrainConfig's flag of that name.
+as "GPU only"; so is the fast step, which needs CUDA. channels_last is TrainConfig's flag of
+that name.
 
     python benchmarks/train_throughput.py                      # GPU if there is one, else CPU
     python benchmarks/train_throughput.py --device cpu --img-sizes 32 --batch 16 --steps 3
+    python benchmarks/train_throughput.py --img-sizes 64 --batch 64 256 \
+        --variants eager-fp32 amp+fast_step              # the issue-14 table on a GPU
 
 FLOPs per step are counted once, in eager fp32, with torch.utils.flop_counter.FlopCounterMode:
 it counts matmul and convolution FLOPs only (not normalisation, activations or the optimizer),
@@ -40,19 +47,26 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from sagan_edu.fast_step import WARMUP_STEPS
 from sagan_edu.training import TrainConfig, Trainer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-# name -> (amp, channels_last, compile)
-VARIANTS: dict[str, tuple[bool, bool, bool]] = {
-    "eager-fp32": (False, False, False),
-    "amp": (True, False, False),
-    "amp+channels_last": (True, True, False),
-    "amp+channels_last+compile": (True, True, True),
-    "compile-fp32": (False, False, True),
+# name -> (amp, channels_last, compile, fast_step)
+VARIANTS: dict[str, tuple[bool, bool, bool, bool]] = {
+    "eager-fp32": (False, False, False, False),
+    "amp": (True, False, False, False),
+    "amp+channels_last": (True, True, False, False),
+    "amp+channels_last+compile": (True, True, True, False),
+    "compile-fp32": (False, False, True, False),
+    "amp+fast_step": (True, False, False, True),
+    "amp+channels_last+fast_step": (True, True, False, True),
+    "fast_step-fp32": (False, False, False, True),
 }
-GPU_VARIANTS = ["eager-fp32", "amp", "amp+channels_last", "amp+channels_last+compile"]
+GPU_VARIANTS = [
+    "eager-fp32", "amp", "amp+channels_last", "amp+channels_last+compile", "amp+fast_step",
+    "amp+channels_last+fast_step",
+]  # fmt: skip
 CPU_VARIANTS = ["eager-fp32", "compile-fp32"]
 
 # Peak dense TFLOP/s by device name (vendor datasheet, dense, i.e. without 2:4 sparsity).
@@ -99,12 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_trainer(img_size: int, batch: int, variant: str, args, out_dir: str) -> Trainer:
-    amp, channels_last, compile_ = VARIANTS[variant]
+    amp, channels_last, compile_, fast_step = VARIANTS[variant]
     config = TrainConfig(
         dataset=args.dataset, img_size=img_size, attention_at=(img_size // 2,),
         g_channels=args.channels, d_channels=args.channels, batch_size=batch,
-        amp=amp, compile=compile_, channels_last=channels_last, device=args.device,
-        progress=False, out_dir=out_dir,
+        amp=amp, compile=compile_, channels_last=channels_last, fast_step=fast_step,
+        device=args.device, progress=False, out_dir=out_dir,
     )  # fmt: skip
     return Trainer(config)
 
@@ -154,16 +168,18 @@ def compute_dtype(trainer: Trainer) -> str:
 
 def run_one(img_size: int, batch: int, variant: str, flops: int, args) -> dict:
     """Measure one (image size, batch, variant); returns one row of the results."""
-    amp, channels_last, _ = VARIANTS[variant]
+    amp, channels_last, _, fast_step = VARIANTS[variant]
     row = {"img_size": img_size, "attention_at": [img_size // 2], "batch": batch,
            "variant": variant, "flops_per_step": flops}  # fmt: skip
-    if args.device == "cpu" and (amp or channels_last):
+    if args.device == "cpu" and (amp or channels_last or fast_step):
         return row | {"status": "GPU only"}
 
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = make_trainer(img_size, batch, variant, args, out_dir)
         first_step_s = time_steps(trainer, 1)  # includes compilation for compiled variants
-        time_steps(trainer, max(args.warmup - 1, 0))
+        # The fast step replays its graph from step WARMUP_STEPS + 2 on: time only replays.
+        warmup = max(args.warmup, WARMUP_STEPS + 1) if fast_step else args.warmup
+        time_steps(trainer, max(warmup - 1, 0))
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.device)
         seconds = [time_steps(trainer, args.steps) / args.steps for _ in range(args.repeats)]
@@ -238,6 +254,8 @@ def metadata(args: argparse.Namespace, argv: list[str] | None) -> dict:
         "steps": args.steps,
         "repeats": args.repeats,
         "images_per_s": "batch / median seconds per step (one D step + one G step + EMA)",
+        "fast_step": "TrainConfig.fast_step: the first 3 steps run eagerly, the 4th captures "
+        "the CUDA graph; the warm-up steps include them",
         "flops": "FlopCounterMode over one eager fp32 step: matmul and conv FLOPs only",
         "peak_source": PEAK_SOURCE,
         # cuDNN convolutions use TF32 tensor cores in "fp32" unless this is False.

@@ -3,10 +3,11 @@
 Modules, one concept each:
 
     attention      scaled dot-product attention, multi-head attention, the SAGAN block
-    spectral_norm  spectral normalisation by power iteration (float32)
+    spectral_norm  spectral normalisation by power iteration (float32, or float64)
     models         Generator and Discriminator (DCGAN- and ResNet-style)
     losses         hinge and non-saturating GAN losses
     training       TrainConfig, Trainer and train(): the GAN training loop, checkpoints
+    fast_step      the training iteration replayed as one CUDA graph (TrainConfig.fast_step)
     data           datasets: embedded MNIST-5k, torchvision datasets, synthetic long-range data
     metrics        Fréchet distance and KID in MNIST-classifier features, consistency
     pretrained     the shipped weights (safetensors)

@@ -304,6 +304,11 @@ class SelfAttention2d(nn.Module):
     The released code takes the softmax of q kᵀ without dividing by √d (d = C/8); `scaled=True`
     divides, as the textbook formula does. All four convs have no bias and are spectrally
     normalised by default, as in the paper: 1.25·C² weights plus γ.
+
+    `uniform` (a plain attribute, False by default, not saved in checkpoints) replaces
+    softmax(q kᵀ) by equal weights 1/M: every query then gets the mean of all pooled values. It
+    exists for ablations (`sagan_edu.attention_ablation.uniform_attention`): does the block need
+    *where* it looks, or only a global summary of the map?
     """
 
     def __init__(
@@ -341,6 +346,7 @@ class SelfAttention2d(nn.Module):
         self.value = conv1x1(channels, v_channels)
         self.out = conv1x1(v_channels, channels)
         self.gamma = nn.Parameter(torch.zeros(()))
+        self.uniform = False  # True: equal attention weights, see the class docstring
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
@@ -357,7 +363,11 @@ class SelfAttention2d(nn.Module):
         v = _positions_last(self._pool(self.value(x)))  # (B, M, C/2)
         scale = 1.0 / math.sqrt(q.size(-1)) if self.scaled else 1.0
 
-        if return_attention:
+        if self.uniform:
+            # Every query averages all M values alike: the mean value, the same at every position.
+            o = v.mean(dim=1, keepdim=True).expand(B, q.size(1), v.size(-1))  # (B, N, C/2)
+            attention = torch.full((B, q.size(1), k.size(1)), 1.0 / k.size(1), device=x.device)
+        elif return_attention:
             o, attention = scaled_dot_product_attention(q, k, v, scale=scale)  # (B, N, C/2)
         else:
             # Flash attention (the only fused kernel on CPU) needs q, k and v equally wide.

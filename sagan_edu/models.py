@@ -13,6 +13,9 @@ Two architectures, chosen with `arch`:
 Attention: `attention_at` names feature-map sizes; a `SelfAttention2d` is placed right after the
 block that produces a map of that size, as in SAGAN. G has maps of size 4, 8, …, img_size and D of
 size img_size/2, …, 4. `attention_at=()` is the same GAN without attention, the baseline.
+`attention_block="residual"` puts a `GatedResidualBlock` with about as many weights at those
+places instead: the SAGAN paper's control (Table 1) for "is it attention, or just more layers?".
+`attention_scaled=True` divides the attention scores by √d (see SelfAttention2d).
 
 Conditioning (`num_classes` set): G's BatchNorms take their scale γ and shift β from the class
 (conditional BatchNorm), and D adds ⟨embed(y), h⟩ to its logit, where h are the features its
@@ -41,8 +44,10 @@ from sagan_edu.spectral_norm import spectral_norm
 
 __all__ = [
     "ARCHS",
+    "ATTENTION_BLOCKS",
     "IMG_SIZES",
     "Discriminator",
+    "GatedResidualBlock",
     "Generator",
     "channels_at",
     "discriminator_sizes",
@@ -51,6 +56,7 @@ __all__ = [
 
 IMG_SIZES = (32, 64, 128)
 ARCHS = ("dcgan", "resnet")
+ATTENTION_BLOCKS = ("attention", "residual")  # what goes at the `attention_at` sizes
 MAX_WIDTH = 8  # the widest maps have MAX_WIDTH · base_channels channels
 
 
@@ -157,6 +163,37 @@ def batch_norm(channels: int, num_classes: int | None) -> nn.Module:
     if num_classes is None:
         return BatchNorm2d(channels)
     return ConditionalBatchNorm2d(channels, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The control for attention: a residual block of the same size
+# ---------------------------------------------------------------------------------------------
+
+
+class GatedResidualBlock(nn.Module):
+    """y = x + γ·conv1x1(relu(conv3x3(relu(conv1x1(x))))): a local block as big as attention.
+
+    The SAGAN paper's control (Zhang et al., 2019, Table 1): put a residual block with the same
+    number of parameters where attention was, to tell "attention helps" from "one more block
+    helps". The bottleneck width b = round(5C/18) gives 2·C·b + 9·b² ≈ 1.25·C² weights, the
+    weights of SelfAttention2d(C). Like SAGAN's block it starts as the identity (γ = 0), has no
+    biases and is spectrally normalised; unlike it, each position sees only its 3×3 neighbours.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        width = round(5 * channels / 18)  # the bottleneck b
+        self.reduce = _init_and_normalise(nn.Conv2d(channels, width, 1, bias=False))
+        self.mix = _init_and_normalise(nn.Conv2d(width, width, 3, padding=1, bias=False))
+        self.expand = _init_and_normalise(nn.Conv2d(width, channels, 1, bias=False))
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> (B, C, H, W)."""
+        h = F.relu(self.reduce(x))  # (B, b, H, W)
+        h = F.relu(self.mix(h))  # (B, b, H, W)
+        return x + self.gamma * self.expand(h)  # (B, C, H, W)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,10 +329,13 @@ class Generator(nn.Module):
         attention_at: Iterable[int] = (16,),
         num_classes: int | None = None,
         arch: str = "dcgan",
+        attention_block: str = "attention",
+        attention_scaled: bool = False,
     ):
         super().__init__()
         _check_positive(z_dim=z_dim, img_channels=img_channels)
         _check_common(img_size, base_channels, num_classes, arch)
+        _check_attention_block(attention_block)
         sizes = generator_sizes(img_size)
         self.z_dim = z_dim
         self.img_size = img_size
@@ -304,6 +344,8 @@ class Generator(nn.Module):
         self.attention_at = _check_attention_at(attention_at, sizes, "Generator")
         self.num_classes = num_classes
         self.arch = arch
+        self.attention_block = attention_block
+        self.attention_scaled = attention_scaled
 
         channels = [channels_at(s, img_size, base_channels) for s in sizes]
         is_dcgan = arch == "dcgan"
@@ -312,7 +354,9 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(
             up_block(c_in, c_out, num_classes) for c_in, c_out in itertools.pairwise(channels)
         )
-        self.attention = _attention_layers(self.attention_at, sizes, channels)
+        self.attention = _attention_layers(
+            self.attention_at, sizes, channels, attention_block, attention_scaled
+        )
         self.head = GeneratorHead(channels[-1], img_channels, activate=not is_dcgan)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -327,7 +371,7 @@ class Generator(nn.Module):
         key = _size_key(h.size(-1))
         return self.attention[key](h) if key in self.attention else h
 
-    def attention_layers(self) -> dict[str, SelfAttention2d]:
+    def attention_layers(self) -> dict[str, nn.Module]:
         """The self-attention layers in forward order, keyed by map size, e.g. {"16x16": …}."""
         return dict(self.attention.items())
 
@@ -341,6 +385,8 @@ class Generator(nn.Module):
             "attention_at": list(self.attention_at),
             "num_classes": self.num_classes,
             "arch": self.arch,
+            "attention_block": self.attention_block,
+            "attention_scaled": self.attention_scaled,
         }
 
     def _check_inputs(self, z: torch.Tensor, y: torch.Tensor | None) -> None:
@@ -368,10 +414,13 @@ class Discriminator(nn.Module):
         attention_at: Iterable[int] = (16,),
         num_classes: int | None = None,
         arch: str = "dcgan",
+        attention_block: str = "attention",
+        attention_scaled: bool = False,
     ):
         super().__init__()
         _check_positive(img_channels=img_channels)
         _check_common(img_size, base_channels, num_classes, arch)
+        _check_attention_block(attention_block)
         sizes = discriminator_sizes(img_size)
         self.img_size = img_size
         self.img_channels = img_channels
@@ -379,6 +428,8 @@ class Discriminator(nn.Module):
         self.attention_at = _check_attention_at(attention_at, sizes, "Discriminator")
         self.num_classes = num_classes
         self.arch = arch
+        self.attention_block = attention_block
+        self.attention_scaled = attention_scaled
 
         channels = [channels_at(s, img_size, base_channels) for s in sizes]
         c_ins = [img_channels, *channels[:-1]]
@@ -393,7 +444,9 @@ class Discriminator(nn.Module):
                 for n, (i, o) in enumerate(zip(c_ins, channels, strict=True))
             )
             features = channels[-1]  # the head sees the map summed over positions
-        self.attention = _attention_layers(self.attention_at, sizes, channels)
+        self.attention = _attention_layers(
+            self.attention_at, sizes, channels, attention_block, attention_scaled
+        )
         self.linear = sn_linear(features, 1)
         self.projection = None if num_classes is None else sn_embedding(num_classes, features)
 
@@ -416,7 +469,7 @@ class Discriminator(nn.Module):
         key = _size_key(h.size(-1))
         return self.attention[key](h) if key in self.attention else h
 
-    def attention_layers(self) -> dict[str, SelfAttention2d]:
+    def attention_layers(self) -> dict[str, nn.Module]:
         """The self-attention layers in forward order, keyed by map size, e.g. {"16x16": …}."""
         return dict(self.attention.items())
 
@@ -429,6 +482,8 @@ class Discriminator(nn.Module):
             "attention_at": list(self.attention_at),
             "num_classes": self.num_classes,
             "arch": self.arch,
+            "attention_block": self.attention_block,
+            "attention_scaled": self.attention_scaled,
         }
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
@@ -452,14 +507,31 @@ def _size_key(size: int) -> str:
 
 
 def _attention_layers(
-    attention_at: tuple[int, ...], sizes: list[int], channels: list[int]
+    attention_at: tuple[int, ...],
+    sizes: list[int],
+    channels: list[int],
+    block: str = "attention",
+    scaled: bool = False,
 ) -> nn.ModuleDict:
-    """One SelfAttention2d per requested size, in forward order (the order of `sizes`)."""
+    """One block per requested size, in forward order (the order of `sizes`).
+
+    The block is a SelfAttention2d, or with block="residual" the same-size GatedResidualBlock.
+    """
+
+    def make(c: int) -> nn.Module:
+        return SelfAttention2d(c, scaled=scaled) if block == "attention" else GatedResidualBlock(c)
+
     return nn.ModuleDict(
-        (_size_key(s), SelfAttention2d(c))
-        for s, c in zip(sizes, channels, strict=True)
-        if s in attention_at
+        (_size_key(s), make(c)) for s, c in zip(sizes, channels, strict=True) if s in attention_at
     )
+
+
+def _check_attention_block(block: str) -> None:
+    if block not in ATTENTION_BLOCKS:
+        raise ValueError(
+            f"unknown attention_block {block!r}; choose one of "
+            f"{', '.join(map(repr, ATTENTION_BLOCKS))} (residual: the same-size local control)"
+        )
 
 
 def _check_img_size(img_size: int) -> None:
@@ -546,8 +618,10 @@ def _check_labels(
         raise ValueError(f"labels y must be a torch.long tensor, got {y.dtype}; use y.long()")
     if tuple(y.shape) != (batch_size,):
         raise ValueError(f"labels y must have shape ({batch_size},), got {tuple(y.shape)}")
-    # On a GPU this waits for y, but an out-of-range index there would crash the whole process
-    # with an unreadable device-side assert instead.
+    if y.device.type != "cpu":
+        # Reading y's range would make the host wait for the GPU in every forward (and stop a
+        # CUDA-graph capture); an out-of-range label there raises CUDA's device-side assert.
+        return
     low, high = (int(y.min()), int(y.max())) if y.numel() else (0, 0)
     if low < 0 or high >= num_classes:
         raise ValueError(

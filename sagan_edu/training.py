@@ -18,6 +18,19 @@ The pieces SAGAN relies on, and why:
 - Mixed precision (AMP) where the device supports it: bf16 on GPUs from Ampere (sm80) on, fp16
   with a GradScaler on older GPUs, off on CPU. Spectral norm always runs in float32.
 
+Kept lean, because on a GPU these small models are bound by the host issuing kernels:
+
+- spectral norm's power iteration runs once per layer per optimizer step (`update_spectral_norms`
+  at the start of the iteration for G, of each D step for D), not in each of the four
+  training-mode forwards; forwards only read u and v;
+- Adam is the fused kernel (one call for all parameters) on CUDA and CPU, and the EMA one
+  multi-tensor lerp;
+- nothing in a step makes the host wait for the GPU: losses are summed on the device and read
+  only every log_every steps (tests/test_gpu.py checks this with torch.cuda.set_sync_debug_mode).
+
+`fast_step=True` replays the same iteration as one CUDA graph (sagan_edu.fast_step); `step()`
+then runs it instead of `eager_step()`.
+
 More than one GPU: launched with
 `torchrun --standalone --nproc_per_node=K -m sagan_edu.cli train ...`, each process trains on its
 own shard of every batch, DistributedDataParallel averages the gradients, and rank 0 alone writes
@@ -65,8 +78,10 @@ from sagan_edu.checkpoints import (
     remove_stale_temp_files,
 )
 from sagan_edu.data import DATASETS, load_dataset
+from sagan_edu.fast_step import captured_step
 from sagan_edu.losses import LOSSES, get_losses
-from sagan_edu.models import ARCHS, IMG_SIZES, Discriminator, Generator
+from sagan_edu.models import ARCHS, ATTENTION_BLOCKS, IMG_SIZES, Discriminator, Generator
+from sagan_edu.spectral_norm import update_once_per_step, update_spectral_norms
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -101,6 +116,9 @@ class TrainConfig:
     g_channels: int = 32  # base width of G (its widest layer has 8× this)
     d_channels: int = 32  # base width of D
     attention_at: tuple[int, ...] = (16,)  # feature-map sizes that get self-attention; () = none
+    attention_in: str = "both"  # which network gets it: "both", "g" (G only) or "d" (D only)
+    attention_block: str = "attention"  # or "residual": the same-size local control (models.py)
+    attention_scaled: bool = False  # divide attention scores by √d (the released SAGAN does not)
     # optimisation
     steps: int = 2000  # total generator steps
     batch_size: int = 64
@@ -113,6 +131,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision where the device supports it (never on CPU)
     compile: bool = False  # torch.compile G and D (faster on GPU after a slow first step)
     channels_last: bool = False  # NHWC memory layout: what tensor cores want under AMP (GPU)
+    fast_step: bool = False  # replay each step as one CUDA graph (sagan_edu.fast_step; CUDA only)
     device: str = "auto"  # "auto" (CUDA if available, else CPU), "cuda", "cuda:N", "cpu", "mps"
     seed: int = 0
     # bookkeeping
@@ -185,7 +204,13 @@ def _check_config_values(config: TrainConfig) -> None:
             raise ValueError(f"each of betas must be in [0, 1), got {config.betas}")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
-    for name, known in (("dataset", DATASETS), ("arch", ARCHS), ("loss", LOSSES)):
+    if config.attention_in not in ("both", "g", "d"):
+        raise ValueError(
+            f"attention_in must be 'both', 'g' (generator only) or 'd' (discriminator "
+            f"only), got {config.attention_in!r}"
+        )
+    for name, known in (("dataset", DATASETS), ("arch", ARCHS), ("loss", LOSSES),
+                        ("attention_block", ATTENTION_BLOCKS)):  # fmt: skip
         if getattr(config, name) not in known:
             raise ValueError(
                 f"unknown {name} {getattr(config, name)!r}; choose one of {', '.join(known)}"
@@ -238,7 +263,7 @@ def _float_pair(name: str, value: object) -> tuple[float, float]:
 # The learning rates may change too: lowering them is the usual answer to a diverged run.
 RESUMABLE_OVERRIDES = (
     "steps", "out_dir", "log_every", "checkpoint_every", "device", "compile", "progress", "resume",
-    "lr_g", "lr_d", "channels_last", "overwrite", "download",
+    "lr_g", "lr_d", "channels_last", "fast_step", "overwrite", "download",
 )  # fmt: skip
 
 
@@ -295,22 +320,31 @@ class Trainer:
 
         self.G = Generator(
             z_dim=config.z_dim, img_size=config.img_size, img_channels=self.dataset.channels,
-            base_channels=config.g_channels, attention_at=config.attention_at,
+            base_channels=config.g_channels,
+            attention_at=config.attention_at if config.attention_in != "d" else (),
             num_classes=self.num_classes, arch=config.arch,
+            attention_block=config.attention_block, attention_scaled=config.attention_scaled,
         ).to(self.device)  # fmt: skip
         self.D = Discriminator(
             img_size=config.img_size, img_channels=self.dataset.channels,
-            base_channels=config.d_channels, attention_at=config.attention_at,
+            base_channels=config.d_channels,
+            attention_at=config.attention_at if config.attention_in != "g" else (),
             num_classes=self.num_classes, arch=config.arch,
+            attention_block=config.attention_block, attention_scaled=config.attention_scaled,
         ).to(self.device)  # fmt: skip
         if config.channels_last:
             # In place, before the optimizers see the parameters: each pixel's channels sit next
             # to each other in memory, so cuDNN need not transpose around every convolution.
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
+        # Spectral norm: one power-iteration round per layer per optimizer step, run by step()
+        # itself, instead of one in each of the four training-mode forwards of G and D.
+        update_once_per_step(self.G)
+        update_once_per_step(self.D)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=config.betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=config.betas)
+        capturable = config.fast_step and self.device.type == "cuda"  # see adam()
+        self.opt_g = adam(self.G, config.lr_g, config.betas, self.device, capturable)
+        self.opt_d = adam(self.D, config.lr_d, config.betas, self.device, capturable)
         self.d_loss_fn, self.g_loss_fn = get_losses(config.loss)
 
         self.amp_dtype = amp_dtype(self.device) if config.amp else None
@@ -333,25 +367,42 @@ class Trainer:
         self._window_steps = 0
         if checkpoint is not None:
             self._load_state(checkpoint)
+        # fast_step: the iteration captured once as a CUDA graph, or None (eager) where it cannot
+        # run; captured_step() then says why in one line.
+        self.captured_step = captured_step(self) if config.fast_step else None
 
     # -- one iteration --------------------------------------------------------------------------
 
     def step(self) -> dict[str, torch.Tensor]:
-        """One iteration: n_dis discriminator steps, then one generator step; returns metrics."""
-        self.G.train()
-        self.D.train()
-        for _ in range(self.config.n_dis):
-            metrics = self._discriminator_step()
-        metrics["loss_g"] = self._generator_step()
-        update_ema(self.G_ema, self.G, self._ema_decay())
+        """One iteration: n_dis discriminator steps, then one generator step; returns metrics.
+
+        With `fast_step` (on a CUDA GPU), the same iteration is replayed as a CUDA graph.
+        """
+        run = self.captured_step if self.captured_step is not None else self.eager_step
+        metrics = run()
         self.step_count += 1
         self._accumulate(metrics)
         return metrics
 
-    def _discriminator_step(self) -> dict[str, torch.Tensor]:
-        real, labels = self._real_batch()  # (B, C, H, W), (B,) or None
+    def eager_step(self) -> dict[str, torch.Tensor]:
+        """The iteration in plain PyTorch: what `step()` does, and what the course reads."""
+        self.G.train()
+        self.D.train()
+        update_spectral_norms(self.G)  # G's weights change once per iteration
+        for _ in range(self.config.n_dis):
+            real, labels = self._real_batch()  # (B, C, H, W), (B,) or None
+            metrics = self._discriminator_step(real, labels, self._noise(len(real)))
+        labels = self._random_labels(self.config.batch_size)
+        metrics["loss_g"] = self._generator_step(labels, self._noise(self.config.batch_size))
+        update_ema(self.G_ema, self.G, self._ema_decay())
+        return metrics
+
+    def _discriminator_step(
+        self, real: torch.Tensor, labels: torch.Tensor | None, z: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        update_spectral_norms(self.D)  # D's weights change once per D step
         with torch.no_grad(), self._autocast():
-            fake = self.g_forward(self._noise(len(real)), labels)  # same labels: a fair pair
+            fake = self.g_forward(z, labels)  # same labels as the real batch: a fair pair
         with self._autocast():
             # Real and fake in one forward: one pass through D instead of two.
             both = torch.cat([real, fake.to(real.dtype)])
@@ -366,11 +417,10 @@ class Trainer:
             "d_fake": fake_logits.detach().mean(),
         }
 
-    def _generator_step(self) -> torch.Tensor:
-        labels = self._random_labels(self.config.batch_size)
+    def _generator_step(self, labels: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
         self.D.requires_grad_(False)  # gradients flow through D to G, but D's own are not needed
         with self._autocast():
-            fake = self.g_forward(self._noise(self.config.batch_size), labels)
+            fake = self.g_forward(z, labels)
             loss_g = self.g_loss_fn(self.d_forward_g_step(fake, labels).float())
         self._update(self.opt_g, loss_g)
         self.D.requires_grad_(True)
@@ -387,6 +437,10 @@ class Trainer:
         n = self.config.batch_size * self.world_size
         index = self._shard(torch.randint(len(self.dataset), (n,), generator=self.data_rng))
         images, labels = self.dataset.images[index], self.dataset.labels[index]
+        if self.device.type == "cuda":
+            # From page-locked memory the copy really is asynchronous: the host goes on without
+            # waiting for the GPU to finish the previous step.
+            images, labels = images.pin_memory(), labels.pin_memory()
         images = images.to(self.device, non_blocking=True)
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -418,10 +472,13 @@ class Trainer:
         return torch.compile(model) if self.config.compile else model
 
     def _autocast(self):
+        # No cast cache: it only keeps casts of leaf weights, and spectral norm makes every weight
+        # a computed one; and CUDA-graph capture (fast_step) needs it off.
         return torch.autocast(
             self.device.type,
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
+            cache_enabled=False,
         )
 
     def _ema_decay(self) -> float:
@@ -546,9 +603,12 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         # load_state_dict restores the saved learning rates; the config's may have been lowered.
+        # So do the implementation flags (fused, capturable): the checkpoint may come from
+        # another device or from a run with(out) fast_step.
         for optimizer, lr in ((self.opt_g, self.config.lr_g), (self.opt_d, self.config.lr_d)):
+            flags = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable")}
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group |= flags | {"lr": lr}
         self.scaler.load_state_dict(state["scaler"])
         self.data_rng.set_state(state["rng"]["data"])
         self.noise_rng.set_state(state["rng"]["noise"])
@@ -591,6 +651,26 @@ def train(config: TrainConfig, callback: Callable[[Trainer], None] | None = None
 # ---------------------------------------------------------------------------------------------
 
 
+def adam(
+    model: nn.Module,
+    lr: float,
+    betas: tuple[float, float],
+    device: torch.device,
+    capturable: bool = False,
+) -> torch.optim.Adam:
+    """Adam over `model`'s parameters, in the fastest form the device has.
+
+    On CUDA and CPU the fused kernel updates every parameter in one call; elsewhere (MPS) the
+    multi-tensor ("foreach") form does. `capturable` keeps Adam's step count on the GPU, which
+    CUDA-graph capture (fast_step) needs. The arithmetic is Adam's either way.
+    """
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.Adam(
+        model.parameters(), lr=lr, betas=betas,
+        fused=fused, foreach=None if fused else True, capturable=capturable,
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1 − decay)·model for every parameter; buffers are copied as they are.
@@ -600,10 +680,16 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     """
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must be in [0, 1] (1 keeps the EMA unchanged), got {decay}")
-    for ema_param, param in zip(ema_model.parameters(), model.parameters(), strict=True):
-        ema_param.lerp_(param, 1.0 - decay)
-    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers(), strict=True):
-        ema_buffer.copy_(buffer)
+    ema_params, params = list(ema_model.parameters()), list(model.parameters())
+    ema_buffers, buffers = list(ema_model.buffers()), list(model.buffers())
+    if len(ema_params) != len(params) or len(ema_buffers) != len(buffers):
+        raise ValueError("update_ema needs two models of the same architecture (deepcopy one)")
+    # One multi-tensor ("foreach") call each instead of one small kernel per tensor (they
+    # refuse empty lists: a model without buffers has none to copy).
+    if params:
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # ema + (1 − decay)·(param − ema)
+    if buffers:
+        torch._foreach_copy_(ema_buffers, buffers)
 
 
 def gammas(G: Generator, D: Discriminator) -> dict[str, float]:
@@ -622,6 +708,7 @@ def sample_images(
     """n images (n, C, H, W) in [-1, 1] from `generator` in eval mode, reproducible from seed.
 
     For a class-conditional generator without `labels`, the classes cycle 0, 1, 2, ...
+    The noise z is drawn on the CPU, so a seed gives the same images on every device.
     n = 0 gives an empty (0, C, H, W) batch.
     """
     if not isinstance(generator, nn.Module) or not hasattr(generator, "z_dim"):
@@ -631,8 +718,10 @@ def sample_images(
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise ValueError(f"seed must be a whole number, got {seed!r}")
     device = next(generator.parameters()).device
-    noise_rng = torch.Generator(device).manual_seed(seed)
-    z = torch.randn(n, generator.z_dim, generator=noise_rng, device=device)
+    # Drawn on the CPU, then moved: CPU and CUDA generators give different numbers for the same
+    # seed, and this way every device samples the same images (up to rounding).
+    z = torch.randn(n, generator.z_dim, generator=torch.Generator().manual_seed(seed))
+    z = z.to(device)
     if generator.num_classes is not None and labels is None:
         labels = torch.arange(n, device=device) % generator.num_classes
     was_training = generator.training

@@ -56,19 +56,41 @@ def test_train_throughput_runs_on_cpu(tmp_path):
     script = load_script("train_throughput")
     out = tmp_path / "throughput.json"
     argv = ["--device", "cpu", "--img-sizes", "32", "--batch", "4", "--channels", "8",
-            "--variants", "eager-fp32", "amp", "--warmup", "1", "--steps", "1",
+            "--variants", "eager-fp32", "amp", "amp+fast_step", "--warmup", "1", "--steps", "1",
             "--repeats", "1", "--json", str(out)]  # fmt: skip
     results = script.main(argv)
 
     assert json.loads(out.read_text()) == results
     for key in ("date", "command", "device", "torch", "python", "peak_source"):
         assert key in results["meta"]
-    eager, amp = results["rows"]
+    eager, amp, fast = results["rows"]
     assert eager["variant"] == "eager-fp32" and eager["status"] == "ok"
     for key in ("images_per_s", "ms_per_step", "flops_per_step", "achieved_tflops"):
         assert positive(eager[key]), (key, eager)
     assert eager["speedup_vs_eager_fp32"] == 1.0
     assert amp["status"] == "GPU only"  # the Trainer never uses AMP on CPU
+    assert fast["status"] == "GPU only"  # CUDA graphs need CUDA
+
+
+def test_step_overhead_runs_on_cpu(tmp_path):
+    script = load_script("step_overhead")
+    out = tmp_path / "overhead.json"
+    argv = ["--device", "cpu", "--batch", "1", "2", "--channels", "8", "--warmup", "1",
+            "--steps", "2", "--json", str(out)]  # fmt: skip
+    results = script.main(argv)
+
+    assert json.loads(out.read_text()) == results
+    for key in ("date", "command", "device", "torch", "python", "threads"):
+        assert key in results["meta"]
+    assert [(r["variant"], r["batch"]) for r in results["rows"]] == [("eager", 1), ("eager", 2)]
+    for row in results["rows"]:
+        assert row["status"] == "ok"
+        assert positive(row["host_ms"]) and len(row["host_ms_all"]) == 2
+        # The profiler also records wrappers (aten::linear around aten::addmm), so it sees more.
+        assert row["aten_ops"] > row["dispatched_ops"] > 100
+        assert "kernel_launches" not in row  # CUDA only
+    # One step dispatches the same ops whatever the batch size.
+    assert results["rows"][0]["dispatched_ops"] == results["rows"][1]["dispatched_ops"]
 
 
 def test_peak_table_matches_device_names():
@@ -156,7 +178,7 @@ def test_table_aggregates_seeds():
         for s, fd in ((0, 1.0), (1, 3.0))
     ]
     text = script.table({"runs": runs, "references": {}})
-    assert "| 16×16 | 10 | 8 | 4 | 0,1 | 1 / 2 | 2 ± 1.4 |" in text
+    assert "| 16×16 | default | 10 | 8 | 4 | 0,1 | 1 / 2 | 2 ± 1.4 |" in text
 
 
 def test_overfitting_records_the_gap(tmp_path):
@@ -219,3 +241,69 @@ def test_side_by_side_sweeps_keep_every_record(tmp_path):
     assert [w.exitcode for w in workers] == [0, 0]
     runs = json.loads(path.read_text())["runs"]
     assert sorted(runs) == [*range(40), *range(100, 140)]  # no write lost the other's record
+
+
+def test_variants_record_the_causal_test_per_sample_scores_and_samples(tmp_path):
+    import numpy as np
+
+    script = load_script("ablation")
+    base = ["--datasets", "twin-shapes", "--attention", "16", *tiny(tmp_path)]
+    assert script.main([*base, "--attention-in", "g"]) == 0
+    assert script.main([*base, "--block", "residual"]) == 0
+    assert script.main([*base, "--tuning", "--lr-d", "2e-4", "--lr-g", "2e-4"]) == 0
+    runs = json.loads((tmp_path / "results" / "ablation.json").read_text())["runs"]
+    assert len(runs) == 2  # two variants: neither record replaced the other
+    g_only, residual = runs
+    assert g_only["config"]["attention_in"] == "g" and set(g_only["gamma"]) == {"G/16x16"}
+    assert residual["config"]["attention_block"] == "residual"
+    assert "attention_off" in g_only and "attention_off" not in residual  # no attention in G
+    for name in ("scale 0", "uniform"):
+        assert 0 <= g_only["attention_off"][name][script.SHAPE_NAME] <= 1
+    per_sample = g_only["per_sample"]
+    assert len(per_sample["consistency"]) == 16
+    assert set(per_sample["shape"]) <= {0, 1} and set(per_sample["colour_left"]) <= set(range(6))
+    # the mean of the per-sample values is the recorded mean
+    mean = sum(per_sample["shape"]) / 16
+    assert math.isclose(g_only["metrics"][script.SHAPE_NAME], mean, abs_tol=1e-6)
+    assert g_only["status"] in ("trained", "collapsed") and g_only["seed"] == 0
+    tuning = json.loads((tmp_path / "results" / "tuning.json").read_text())
+    assert tuning["runs"][0]["config"]["lr_d"] == 2e-4 and "collapse_rule" in tuning
+    assert "| 0.0002 | 0.0002 |" in (tmp_path / "results" / "tuning.md").read_text()
+    with np.load(tmp_path / "results" / "ablation-samples.npz") as samples:
+        keys = set(samples.keys())
+        assert f"{g_only['run_id']}|samples" in keys
+        assert f"{g_only['run_id']}|samples_attention_off" in keys
+        assert f"{residual['run_id']}|samples_attention_off" not in keys
+        assert samples[f"{residual['run_id']}|samples"].shape == (16, 3, 32, 32)
+        assert samples[f"{residual['run_id']}|samples"].dtype == np.uint8
+
+
+# ---- benchmarks/gpu_sweep.py ----
+
+
+def test_gpu_sweep_job_list_is_distinct_and_avoids_seed_zero(capsys):
+    script = load_script("gpu_sweep")
+    jobs = script.job_list()
+    assert len(jobs) == 66 and len({tuple(j.args) for j in jobs}) == 66
+    assert all(j.args[j.args.index("--seeds") + 1] in ("1", "2", "3") for j in jobs)
+    assert [j.cell for j in jobs] == sorted(j.cell for j in jobs)  # priority order a, b, ..., g
+    assert script.main(["--dry-run"]) == 0
+    assert "66 jobs" in capsys.readouterr().out
+
+
+def test_gpu_sweep_runs_two_tiny_jobs_into_one_folder(tmp_path):
+    script = load_script("gpu_sweep")
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--only", "2", "--steps", "2", "--channels", "8",
+            "--eval-samples", "8", "--device", "cpu", "--workers", "2"]  # fmt: skip
+    assert script.main(argv) == 0
+    runs = json.loads((out / "ablation.json").read_text())["runs"]
+    assert sorted((r["placement"], r["seed"], r["steps"]) for r in runs) == [
+        ("none", 1, 2),
+        ("none", 2, 2),
+    ]
+    log = (out / "gpu-sweep.log").read_text()
+    assert log.count(": ok in ") == 2 and "finished 2 jobs (0 failed)" in log
+    # only result files: no lock files or per-job logs left in the folder
+    allowed = {"ablation.json", "ablation.md", "tuning.md", "ablation-samples.npz", "gpu-sweep.log"}
+    assert {p.name for p in out.iterdir()} <= allowed

@@ -4,13 +4,16 @@
 
 - The fused (SDPA) and explicit attention paths agree in fp16 and bf16, forward and backward.
 - 50 mixed-precision training steps stay finite.
-- A checkpoint written on the GPU loads and samples on the CPU.
+- A checkpoint written on the GPU loads and samples on the CPU, giving the same images.
+- The eager step never makes the host wait for the GPU (no synchronisation inside a step).
+- The fast step (one CUDA graph per iteration) gives the eager step's parameters, and resumes.
 - The fused path really runs a fused kernel for SAGAN's shapes, not the math fallback.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -149,8 +152,9 @@ def test_gpu_checkpoint_loads_and_samples_on_cpu(amp_run):
     assert images.shape == (4, 1, 32, 32)
     assert torch.isfinite(images).all() and images.abs().max() <= 1.0
 
-    # The same weights on both devices give the same images, up to rounding: cuDNN runs fp32
-    # convolutions on TF32 tensor cores by default (10-bit mantissa), hence the loose tolerance.
+    # The same weights on both devices give the same images, up to rounding: the noise is drawn
+    # on the CPU for both, and cuDNN runs fp32 convolutions on TF32 tensor cores by default
+    # (10-bit mantissa), hence the loose tolerance.
     on_gpu = sample_images(copy.deepcopy(generator).cuda(), 4).cpu()
     torch.testing.assert_close(on_gpu, images, atol=2e-2, rtol=0)
 
@@ -219,3 +223,114 @@ def test_multi_head_attention_runs_a_fused_kernel():
         forward_backward_pass()
     # Flash attention needs sm80+; on older GPUs (a T4) the memory-efficient kernel runs.
     assert sdpa_backends_run(forward_backward_pass) in expected_backends(True, major)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lean eager step and the fast (CUDA-graph) step
+# ---------------------------------------------------------------------------------------------
+
+
+def gpu_config(tmp_path, **overrides) -> TrainConfig:
+    settings = dict(
+        dataset="mnist5k", img_size=32, attention_at=(16,), g_channels=16, d_channels=16,
+        batch_size=16, steps=12, amp=False, device="cuda", progress=False, log_every=4,
+        checkpoint_every=6, out_dir=str(tmp_path),
+    )  # fmt: skip
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def gpu_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    state = {}
+    for tag, model in (("G", trainer.G), ("D", trainer.D), ("G_ema", trainer.G_ema)):
+        state |= {f"{tag}.{k}": v.detach().float().cpu() for k, v in model.state_dict().items()}
+    return state
+
+
+def largest_difference(a: dict, b: dict) -> tuple[str, float]:
+    name = max(a, key=lambda k: (a[k] - b[k]).abs().max().item())
+    return name, (a[name] - b[name]).abs().max().item()
+
+
+@pytest.mark.parametrize("overrides", [{"amp": True}, {"conditional": True, "n_dis": 2}])
+def test_eager_step_never_waits_for_the_gpu(tmp_path, overrides):
+    trainer = Trainer(gpu_config(tmp_path, **overrides))
+    trainer.step()  # the first step allocates optimizer state and pinned staging memory
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call now raises
+    try:
+        for _ in range(3):
+            trainer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.step_count == 4
+
+
+# How close a fast run must stay to an eager one. A replayed graph runs the eager step's
+# kernels on the same inputs (the tests ask for deterministic kernels, so atomics in convolution
+# and attention backward do not add launch-to-launch rounding), but not every kernel has a
+# deterministic version, and Adam with β₁ = 0 moves a parameter by about ±lr whatever the
+# gradient's size, so a gradient near zero that flips sign moves it by up to 2·lr = 8e-4.
+# Hence: each step's losses within 5e-3; the mean parameter difference below 1e-4 (a wrong input,
+# say other noise or a stale batch, sends about half the updates the other way: a mean
+# difference of several 1e-4 after 12 steps); and no parameter more than 1e-2 (the sum of 12
+# worst-case flips) apart.
+LOSS_ATOL = 5e-3
+MEAN_PARAMETER_ATOL = 1e-4
+MAX_PARAMETER_ATOL = 1e-2
+
+
+@pytest.fixture
+def deterministic():
+    """Deterministic cuDNN and attention kernels (a warning where an op has none)."""
+    cudnn_deterministic = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = cudnn_deterministic
+
+
+def losses_of_steps(trainer: Trainer, n: int) -> torch.Tensor:
+    """(n, 2): loss_d and loss_g of n steps."""
+    rows = []
+    for _ in range(n):
+        metrics = trainer.step()
+        rows.append(torch.stack([metrics["loss_d"], metrics["loss_g"]]).float().cpu())
+    return torch.stack(rows)
+
+
+def assert_states_close(a: dict, b: dict, what: str) -> None:
+    differences = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    name, worst = largest_difference(a, b)
+    print(f"{what}: mean difference {differences.mean():.2e}, largest {worst:.2e} in {name}")
+    assert differences.mean() < MEAN_PARAMETER_ATOL and worst < MAX_PARAMETER_ATOL
+
+
+@pytest.mark.parametrize("overrides", [{}, {"amp": True}, {"conditional": True, "n_dis": 2}])
+def test_fast_step_matches_the_eager_step(tmp_path, overrides, deterministic):
+    eager = Trainer(gpu_config(tmp_path / "eager", **overrides))
+    fast = Trainer(gpu_config(tmp_path / "fast", fast_step=True, **overrides))
+    assert fast.captured_step is not None
+    eager_losses, fast_losses = losses_of_steps(eager, 12), losses_of_steps(fast, 12)
+    assert fast.captured_step.graph is not None  # 9 of the 12 steps were graph replays
+    print(f"losses, largest difference {(eager_losses - fast_losses).abs().max():.2e}")
+    torch.testing.assert_close(fast_losses, eager_losses, atol=LOSS_ATOL, rtol=0)
+    assert_states_close(gpu_state(eager), gpu_state(fast), f"fast vs eager {overrides}")
+
+
+def test_fast_step_resumes(tmp_path, deterministic):
+    """12 fast steps straight, or 6, a checkpoint, and 6 more in a new Trainer: the same state.
+
+    The resumed run warms up eagerly again for 3 steps where the straight run replays its graph:
+    the same kernels, so the same tolerances as against the eager step.
+    """
+    config = gpu_config(tmp_path / "straight", fast_step=True)
+    straight = Trainer(config)
+    straight.fit()
+    first = Trainer(replace(config, out_dir=str(tmp_path / "resumed"), steps=6))
+    first.fit()
+    resumed = Trainer(replace(first.config, steps=12, resume=True))
+    assert resumed.step_count == 6 and resumed.captured_step is not None
+    resumed.fit()
+    assert_states_close(gpu_state(straight), gpu_state(resumed), "fast step, straight vs resumed")

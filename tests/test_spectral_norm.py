@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from sagan_edu.spectral_norm import SpectralNorm, spectral_norm
+from sagan_edu.spectral_norm import (
+    SpectralNorm,
+    spectral_norm,
+    update_once_per_step,
+    update_spectral_norms,
+)
 
 
 def largest_singular_value(w: torch.Tensor) -> float:
@@ -77,3 +82,45 @@ def test_errors():
         SpectralNorm(torch.randn(5))
     with pytest.raises(ValueError, match="n_power_iterations must be >= 1"):
         SpectralNorm(torch.randn(3, 3), n_power_iterations=0)
+
+
+def reference_round(w: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One power-iteration round in float64, written out: v = Wᵀu/‖Wᵀu‖, u = Wv/‖Wv‖."""
+    w, u = w.detach().flatten(1).double(), u.double()
+    v = w.T @ u
+    v = v / v.norm()
+    u = w @ v
+    return u / u.norm(), v
+
+
+def test_double_normalises_in_float64():
+    torch.manual_seed(3)
+    layer = spectral_norm(nn.Conv2d(3, 8, 3)).double()
+    sn = layer.parametrizations.weight[0]
+    assert sn.u.dtype == sn.v.dtype == torch.float64
+    for _ in range(30):  # converge, then the normalised weight's σ is 1 to float64 accuracy
+        out = layer(torch.randn(2, 3, 5, 5, dtype=torch.float64))
+    assert out.dtype == torch.float64 and layer.weight.dtype == torch.float64
+    assert largest_singular_value(layer.weight) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_update_once_per_step_leaves_forwards_reading_u_and_v():
+    torch.manual_seed(4)
+    model = nn.Sequential(spectral_norm(nn.Linear(6, 5)), spectral_norm(nn.Conv2d(2, 3, 3)))
+    update_once_per_step(model)
+    norms = [m.parametrizations.weight[0] for m in model]
+    before = [(sn.u.clone(), sn.v.clone()) for sn in norms]
+    model[0](torch.randn(2, 6))
+    model[1](torch.randn(1, 2, 4, 4))
+    for sn, (u, v) in zip(norms, before, strict=True):
+        assert torch.equal(sn.u, u) and torch.equal(sn.v, v)  # training forwards: no round
+
+    update_spectral_norms(model)  # exactly one round per layer, as the float64 reference
+    for layer, sn, (u, _) in zip(model, norms, before, strict=True):
+        expected_u, expected_v = reference_round(layer.parametrizations.weight.original, u)
+        torch.testing.assert_close(sn.u.double(), expected_u, atol=1e-6, rtol=0)
+        torch.testing.assert_close(sn.v.double(), expected_v, atol=1e-6, rtol=0)
+        # and the forward divides by uᵀWv with these u and v
+        w = layer.parametrizations.weight.original.detach()
+        sigma = expected_u @ w.flatten(1).double() @ expected_v
+        torch.testing.assert_close(layer.weight.double(), w.double() / sigma, atol=1e-6, rtol=0)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sagan_edu import training
+from sagan_edu.fast_step import CapturedStep
 from sagan_edu.models import Generator
 from sagan_edu.training import (
     TrainConfig,
@@ -131,6 +132,73 @@ def test_update_ema_matches_formula():
     update_ema(ema, model, decay=0.9)
     torch.testing.assert_close(ema.weight, torch.tensor([0.1, 0.2, 5.7]))  # 0.9·ema + 0.1·model
     torch.testing.assert_close(ema.running_mean, torch.tensor([5.0, 5.0, 5.0]))  # copied
+
+
+def test_update_ema_matches_the_per_tensor_formula_on_a_whole_generator():
+    torch.manual_seed(1)
+    model = Generator(z_dim=8, img_size=32, base_channels=8, attention_at=(16,))
+    ema = Generator(z_dim=8, img_size=32, base_channels=8, attention_at=(16,))
+    with torch.no_grad():  # make every parameter and buffer differ between the two
+        for t in [*model.parameters(), *model.buffers()]:
+            t.copy_(torch.randint_like(t, 0, 5) if not t.is_floating_point() else t + 1)
+    decay = 0.37
+    expected = {  # float64, one tensor at a time: ema·decay + param·(1 − decay)
+        name: e.double() * decay + p.double() * (1 - decay)
+        for (name, e), p in zip(ema.named_parameters(), model.parameters(), strict=True)
+    }
+    update_ema(ema, model, decay)
+    for name, value in ema.named_parameters():
+        torch.testing.assert_close(value.double(), expected[name], atol=1e-6, rtol=0)
+    for (name, e), b in zip(ema.named_buffers(), model.buffers(), strict=True):
+        assert torch.equal(e, b), name  # buffers are copied, not averaged
+
+
+def test_each_spectral_norm_runs_one_power_iteration_per_step(tmp_path):
+    """After one step every layer's u is one round from its old u on the pre-step weight."""
+    trainer = Trainer(tiny_config(tmp_path))
+    layers = [
+        (module.original.detach().clone(), sn, sn.u.clone())
+        for model in (trainer.G, trainer.D)
+        for module in model.modules()
+        if isinstance(module, torch.nn.utils.parametrize.ParametrizationList)
+        for sn in module
+    ]
+    # G: stem, 3 convs, head; D: 3 convs, head; and q, k, v, out of each attention block.
+    assert len(layers) == 5 + 4 + 2 * 4
+    trainer.step()
+    for weight, sn, u_before in layers:
+        w = weight.flatten(1).double()  # one round in float64, written out
+        v = w.T @ u_before.double()
+        v = v / v.norm()
+        u = w @ v
+        torch.testing.assert_close(sn.u.double(), u / u.norm(), atol=1e-5, rtol=0)
+
+
+def test_fast_step_on_cpu_says_why_not_and_trains_like_eager(tmp_path, capsys):
+    eager = training.train(tiny_config(tmp_path / "a", steps=2))
+    fast = training.train(tiny_config(tmp_path / "b", steps=2, fast_step=True))
+    out = capsys.readouterr().out
+    assert out.count("fast_step is off: CUDA graphs need a CUDA GPU") == 1
+    assert fast.captured_step is None
+    for name, value in all_state(eager).items():
+        assert torch.equal(all_state(fast)[name], value), name
+
+
+@pytest.mark.parametrize("overrides", [{}, {"conditional": True, "n_dis": 2}])
+def test_captured_iteration_uncaptured_on_cpu_matches_the_eager_step(tmp_path, overrides):
+    """What fast_step records (static inputs, same random draws, tensor EMA) run as plain code."""
+    eager = Trainer(tiny_config(tmp_path / "a", **overrides))
+    static = Trainer(tiny_config(tmp_path / "b", **overrides))
+    iteration = CapturedStep(static)  # its buffers are plain tensors; no graph on a CPU
+    for _ in range(3):
+        expected = eager.step()
+        iteration._load_inputs()
+        got = iteration._iteration()
+        static.step_count += 1
+        for name, value in expected.items():
+            assert torch.equal(got[name], value), name
+    for name, value in all_state(eager).items():
+        torch.testing.assert_close(all_state(static)[name], value, atol=1e-6, rtol=0)
 
 
 def test_checkpoint_loads_with_weights_only_and_holds_everything(tmp_path):

@@ -1,0 +1,193 @@
+"""Run the issue-13 ablation sweep as many single-run processes side by side (one GPU or CPU).
+
+Every job is ONE `benchmarks/ablation.py` invocation: one dataset, one placement, one seed, one
+variant. Up to --workers jobs run at once, in the priority order of `job_list()`; after
+--launch-until-s seconds no new job starts, but running jobs are never killed: the driver waits
+for them. All jobs write into the same --out folder (ablation.py locks the folder around each
+read-modify-write), so the folder ends up holding only
+
+    ablation.json, ablation.md            the sweep's records and table
+    tuning.json, tuning.md                the learning-rate grid
+    ablation-samples.npz                  16 uint8 samples per run (and with attention off)
+    gpu-sweep.log                         each finished job's summary line and full log
+
+    PYTHONPATH=. python benchmarks/gpu_sweep.py --out $OUT                 # the sweep
+    PYTHONPATH=. python benchmarks/gpu_sweep.py --dry-run                  # print the jobs
+
+The jobs, highest priority first, seeds 1, 2, 3 (seed 0 trained the shipped weights):
+
+    a  twin-shapes, long setting (width 32, batch 64, 2,000 steps): none, 16×16
+    b  twin-shapes, width 16, batch 32, 2,000 steps: none, 16×16
+    c  twin-shapes, long setting: residual control at 16, attention in G only, in D only, 8×8
+    d  local-shapes, long setting: none, 16×16
+    g  mnist5k, width 16, batch 32, 2,000 steps, 16×16 attention with and without √d scaling
+       (notebook 05 reads these)
+    e  tuning grid (tuning.json), width 16, batch 32, 2,000 steps, twin-shapes, none and 16×16:
+       lr_d 1e-4, 8e-4, 1.6e-3 with lr_g = lr_d / 4, and lr_g = lr_d = 2e-4 (lr_d 4e-4 is cell b)
+    f  twin-shapes, width 16, batch 32, 4,000 steps: none, 16×16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATION = ROOT / "benchmarks" / "ablation.py"
+SEEDS = (1, 2, 3)
+LONG = ("--channels", "32", "--batch", "64", "--steps", "2000")
+SMALL = ("--channels", "16", "--batch", "32", "--steps", "2000")
+SMALL_4000 = ("--channels", "16", "--batch", "32", "--steps", "4000")
+
+
+class Job(NamedTuple):
+    cell: str  # the letter of the job list above
+    name: str  # unique, also the log's file name
+    args: tuple[str, ...]  # ablation.py's arguments, without --out and --eval-samples
+
+
+def _runs(cell: str, label: str, dataset: str, placements: tuple[str, ...],
+          setting: tuple[str, ...], *variant: str) -> list[Job]:  # fmt: skip
+    """One job per placement × seed."""
+    return [
+        Job(cell, f"{cell}-{label}-{dataset}-att{p}-s{seed}",
+            ("--datasets", dataset, "--attention", p, "--seeds", str(seed), *setting, *variant))
+        for p in placements
+        for seed in SEEDS
+    ]  # fmt: skip
+
+
+def job_list() -> list[Job]:
+    """All jobs, highest priority first."""
+    jobs = [
+        *_runs("a", "long", "twin-shapes", ("none", "16"), LONG),
+        *_runs("b", "w16", "twin-shapes", ("none", "16"), SMALL),
+        *_runs("c", "long-residual", "twin-shapes", ("16",), LONG, "--block", "residual"),
+        *_runs("c", "long-gonly", "twin-shapes", ("16",), LONG, "--attention-in", "g"),
+        *_runs("c", "long-donly", "twin-shapes", ("16",), LONG, "--attention-in", "d"),
+        *_runs("c", "long", "twin-shapes", ("8",), LONG),
+        *_runs("d", "long", "local-shapes", ("none", "16"), LONG),
+    ]
+    jobs += _runs("g", "w16-scaled", "mnist5k", ("16",), SMALL, "--scaled")
+    jobs += _runs("g", "w16", "mnist5k", ("16",), SMALL)
+    for lr_d, lr_g in (("1e-4", "2.5e-5"), ("8e-4", "2e-4"), ("1.6e-3", "4e-4"), ("2e-4", "2e-4")):
+        rates = ("--lr-d", lr_d, "--lr-g", lr_g, "--tuning")
+        jobs += _runs("e", f"tune-lrd{lr_d}-lrg{lr_g}", "twin-shapes", ("none", "16"), SMALL,
+                      *rates)  # fmt: skip
+    jobs += _runs("f", "w16-4000", "twin-shapes", ("none", "16"), SMALL_4000)
+    return jobs
+
+
+def command(job: Job, args: argparse.Namespace) -> list[str]:
+    """The job's ablation.py command line; --steps overrides every job's steps (smoke tests)."""
+    job_args = list(job.args)
+    if args.steps is not None:
+        job_args[job_args.index("--steps") + 1] = str(args.steps)
+    if args.channels is not None:
+        job_args[job_args.index("--channels") + 1] = str(args.channels)
+    return [sys.executable, str(ABLATION), *job_args, "--out", str(args.out),
+            "--eval-samples", str(args.eval_samples), "--device", args.device,
+            "--skip-existing"]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--workers", type=int, default=14, help="jobs running at once")
+    parser.add_argument(
+        "--launch-until-s", type=float, default=330.0,
+        help="start no new job after this many seconds (running jobs are left to finish)",
+    )  # fmt: skip
+    parser.add_argument("--eval-samples", type=int, default=500)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", type=int, default=None, help="the first N jobs only")
+    parser.add_argument("--cells", default="abcdefg", help="job-list letters to run, e.g. 'ab'")
+    parser.add_argument("--steps", type=int, default=None, help="override steps (smoke tests)")
+    parser.add_argument("--channels", type=int, default=None, help="override width (smoke)")
+    parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    jobs = [j for j in job_list() if j.cell in args.cells][: args.only]
+    names = [j.name for j in jobs]
+    assert len(set(names)) == len(names), "every job must be a distinct cell"
+    if args.dry_run:
+        for i, job in enumerate(jobs):
+            print(f"{i + 1:3d} {job.cell} " + " ".join(command(job, args)[1:]))
+        print(f"{len(jobs)} jobs")
+        return 0
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="gpu-sweep-logs-"))  # one log per job, outside OUT
+    sweep_log = args.out / "gpu-sweep.log"
+    # The repository first, then whatever the caller put on the path (say carried wheels).
+    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = os.environ | {"PYTHONPATH": python_path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.monotonic()
+    pending = list(jobs)
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    failed = 0
+
+    def note(line: str) -> None:
+        print(line, flush=True)
+        with open(sweep_log, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    note(f"gpu_sweep: {len(jobs)} jobs, {args.workers} workers, launch until "
+         f"{args.launch_until_s:.0f}s, out {args.out}")  # fmt: skip
+    note(
+        "command: python benchmarks/gpu_sweep.py "
+        + " ".join(sys.argv[1:] if argv is None else argv)
+    )
+    while pending or running:
+        elapsed = time.monotonic() - start
+        while pending and len(running) < args.workers and elapsed < args.launch_until_s:
+            job = pending.pop(0)
+            log = open(log_dir / f"{job.name}.log", "w", encoding="utf-8")  # noqa: SIM115
+            process = subprocess.Popen(command(job, args), stdout=log, stderr=subprocess.STDOUT,
+                                       env=env, cwd=ROOT)  # fmt: skip
+            log.close()  # the child holds its own copy of the descriptor
+            running[job.name] = (process, time.monotonic())
+        for name, (process, started) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[name]
+            failed += process.returncode != 0
+            text = (log_dir / f"{name}.log").read_text(encoding="utf-8", errors="replace")
+            done = [line for line in text.splitlines() if line.startswith(("done:", "exists:"))]
+            took = time.monotonic() - started
+            status = "ok" if process.returncode == 0 else f"FAILED rc={process.returncode}"
+            note(f"[{time.monotonic() - start:6.0f}s] {name}: {status} in {took:.0f}s "
+                 f"{done[-1] if done else text.strip().splitlines()[-1:]}")  # fmt: skip
+            with open(sweep_log, "a", encoding="utf-8") as f:
+                f.write(f"---- log of {name} ----\n{text}\n")
+        if not pending and not running:
+            break
+        if pending and time.monotonic() - start >= args.launch_until_s and not running:
+            break
+        time.sleep(0.5)
+    not_started = [j.name for j in pending]
+    # The tables from everything recorded (each job rewrote them; this is the final word).
+    for extra in ([], ["--tuning"]):
+        table = [sys.executable, str(ABLATION), "--table-only", "--out", str(args.out), *extra]
+        subprocess.run(table, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, check=False)
+    total = time.monotonic() - start
+    note(f"gpu_sweep: finished {len(jobs) - len(not_started)} jobs ({failed} failed), "
+         f"not started {len(not_started)}: {', '.join(not_started) or 'none'}; "
+         f"total {total:.0f}s")  # fmt: skip
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
