@@ -30,12 +30,13 @@ DRY="${GPU_CHECK_DRY:-0}"
 LOG="$OUT_DIR/gpu_check.log"
 SITE="$(mktemp -d)/site"
 cd "$ROOT" || exit 1
-exec > >(tee -a "$LOG") 2>&1
 export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export MPLBACKEND=Agg
 START=$(date +%s)
 
 stage() { echo; echo "=== $* ($(($(date +%s) - START)) s since start, $(date -u +%H:%M:%S) UTC)"; }
+
+{  # everything below goes to the screen and to $LOG (the tee at the end of the block)
 
 # ---- 1. what is missing, from the carried wheels --------------------------------------------
 stage "dependencies (wheels from $WHEELS)"
@@ -80,7 +81,7 @@ fi
 
 # ---- 2. the gpu tests -------------------------------------------------------------------------
 stage "pytest -m gpu tests/test_gpu.py"
-timeout 240 "$PY" -m pytest -m gpu tests/test_gpu.py -o addopts="-ra" -p no:cacheprovider -v -s \
+timeout 150 "$PY" -m pytest -m gpu tests/test_gpu.py -o addopts="-ra" -p no:cacheprovider -v -s \
   || echo "pytest exit status $?"
 
 # ---- 3. throughput: the issue's table ---------------------------------------------------------
@@ -90,10 +91,10 @@ if [ "$DRY" = "1" ]; then
     --json "$OUT_DIR/train_throughput-$DEVICE.json" || echo "exit status $?"
 else
   # 32 px and 64 px at batch 64, then 64 px at batch 256 (share of the bf16 peak).
-  timeout 200 "$PY" benchmarks/train_throughput.py --device cuda --img-sizes 32 64 --batch 64 \
+  timeout 110 "$PY" benchmarks/train_throughput.py --device cuda --img-sizes 32 64 --batch 64 \
     --variants eager-fp32 amp amp+fast_step amp+channels_last+fast_step fast_step-fp32 \
     "${THROUGHPUT_ARGS[@]}" --json "$OUT_DIR/train_throughput-cuda.json" || echo "exit status $?"
-  timeout 120 "$PY" benchmarks/train_throughput.py --device cuda --img-sizes 64 --batch 256 \
+  timeout 60 "$PY" benchmarks/train_throughput.py --device cuda --img-sizes 64 --batch 256 \
     --variants eager-fp32 amp+fast_step amp+channels_last+fast_step \
     "${THROUGHPUT_ARGS[@]}" --json "$OUT_DIR/train_throughput-cuda-b256.json" \
     || echo "exit status $?"
@@ -101,12 +102,12 @@ fi
 
 # ---- 4. per-step overhead ---------------------------------------------------------------------
 stage "step_overhead.py"
-timeout 150 "$PY" benchmarks/step_overhead.py --device "$DEVICE" "${OVERHEAD_ARGS[@]}" \
+timeout 60 "$PY" benchmarks/step_overhead.py --device "$DEVICE" "${OVERHEAD_ARGS[@]}" \
   --json "$OUT_DIR/step_overhead-$DEVICE.json" || echo "exit status $?"
 
 # ---- 5. the make demo settings ----------------------------------------------------------------
 stage "make demo settings: $DEMO_STEPS fast steps, $EAGER_DEMO_STEPS eager steps"
-timeout 150 "$PY" - "$DEVICE" "$DEMO_STEPS" "$EAGER_DEMO_STEPS" "$DEMO_CHANNELS" \
+timeout 60 "$PY" - "$DEVICE" "$DEMO_STEPS" "$EAGER_DEMO_STEPS" "$DEMO_CHANNELS" \
   "$OUT_DIR/demo.json" <<'EOF' || echo "exit status $?"
 """`make demo`: sagan-edu train --dataset mnist5k --steps 1500 --log-every 100 (defaults else)."""
 import json, sys, tempfile, time
@@ -140,3 +141,4 @@ EOF
 
 stage "done"
 ls -l "$OUT_DIR"
+} 2>&1 | tee -a "$LOG"
