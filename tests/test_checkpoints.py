@@ -318,14 +318,31 @@ def test_an_old_checkpoint_without_the_new_fields_still_resumes(tmp_path):
     assert Trainer(replace(config, resume=True, steps=3)).step_count == 2
 
 
+def kill_after_next_checkpoint(command: list[str], path, env: dict, delay: float) -> int:
+    """Start `command`, wait until it has written a new checkpoint at `path`, let it run on for
+    `delay` seconds (into its next steps and writes), then SIGKILL it. Returns its exit status."""
+    before = path.stat().st_mtime_ns if path.exists() else None
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if path.exists() and path.stat().st_mtime_ns != before:
+            break
+        time.sleep(0.002)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    return process.wait(timeout=60)
+
+
 @pytest.mark.slow
 def test_kill_9_loop_never_corrupts_and_resumes_bit_identically(tmp_path):
-    """`train --resume` killed (SIGKILL) at random moments, again and again, then let finish:
-    every checkpoint seen in between loads, the end state equals an uninterrupted run's bit for
-    bit, and no temporary file is left."""
+    """`train --resume` killed (SIGKILL) again and again, each time just after it wrote a
+    checkpoint (so in the middle of training, often of the next write), then let finish: every
+    checkpoint left behind loads, the end state equals an uninterrupted run's bit for bit, and no
+    temporary file is left."""
     import random
 
-    args = ["--steps", "12", "--checkpoint-every", "1", "--log-every", "1", "--z-dim", "16",
+    args = ["--steps", "40", "--checkpoint-every", "1", "--log-every", "1", "--z-dim", "16",
             "--g-channels", "8", "--d-channels", "8", "--batch-size", "8", "--no-progress",
             "--device", "cpu"]  # fmt: skip
     command = [sys.executable, "-m", "sagan_edu.cli", "train", *args]
@@ -334,25 +351,22 @@ def test_kill_9_loop_never_corrupts_and_resumes_bit_identically(tmp_path):
                    capture_output=True, timeout=300)  # fmt: skip
 
     run = tmp_path / "killed"
+    path = run / "checkpoint.pt"
     rng = random.Random(0)
     steps_seen = []
     for _ in range(6):
-        process = subprocess.Popen(
-            [*command, "--out", str(run), "--resume"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(rng.uniform(2.0, 6.0))
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-        if (run / "checkpoint.pt").exists():
-            steps_seen.append(load_checkpoint(run / "checkpoint.pt")["step"])  # never corrupt
+        status = kill_after_next_checkpoint(
+            [*command, "--out", str(run), "--resume"], path, env, rng.uniform(0.0, 0.05)
+        )
+        assert status == -signal.SIGKILL  # killed mid-training, not after the end
+        steps_seen.append(load_checkpoint(path)["step"])  # never a corrupt checkpoint
     subprocess.run([*command, "--out", str(run), "--resume"], check=True, env=env,
                    capture_output=True, timeout=300)  # fmt: skip
 
-    assert steps_seen == sorted(steps_seen)  # progress is never lost
+    assert steps_seen == sorted(steps_seen) and steps_seen[-1] < 40  # no progress lost
     straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
-    resumed = load_checkpoint(run / "checkpoint.pt")
-    assert resumed["step"] == straight["step"] == 12
+    resumed = load_checkpoint(path)
+    assert resumed["step"] == straight["step"] == 40
     for part in ("G", "D", "G_ema"):
         for name, value in straight[part].items():
             assert torch.equal(resumed[part][name], value), f"{part}.{name} differs"
