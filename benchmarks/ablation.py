@@ -674,7 +674,9 @@ def with_default_rates(tuning_runs: list[dict], ablation: dict) -> list[dict]:
         return (r["dataset"], r["placement"], r["steps"], c["g_channels"], c["batch_size"],
                 c["img_size"], r["eval_samples"], *variant(c)[:3])  # fmt: skip
 
-    settings = {setting(r) for r in tuning_runs}
+    # Settings whose grid already holds its own default-rate runs take nothing from ablation.json.
+    own_defaults = {setting(r) for r in tuning_runs if variant(r["config"])[3:] == (4e-4, 1e-4)}
+    settings = {setting(r) for r in tuning_runs} - own_defaults
     defaults = [r for r in ablation["runs"]
                 if setting(r) in settings and variant(r["config"])[3:] == (4e-4, 1e-4)]  # fmt: skip
     return tuning_runs + defaults
