@@ -392,6 +392,7 @@ def make_config(args: argparse.Namespace, dataset: str, placement: str, seed: in
         g_channels=args.channels, d_channels=args.channels, batch_size=args.batch,
         steps=args.steps, seed=seed, device=args.device, out_dir=str(out_dir),
         log_every=max(1, min(50, args.steps)), checkpoint_every=args.steps, progress=False,
+        overwrite=True,  # a run without a record (say, an interrupted one) is trained afresh
     )  # fmt: skip
 
 
@@ -673,7 +674,9 @@ def with_default_rates(tuning_runs: list[dict], ablation: dict) -> list[dict]:
         return (r["dataset"], r["placement"], r["steps"], c["g_channels"], c["batch_size"],
                 c["img_size"], r["eval_samples"], *variant(c)[:3])  # fmt: skip
 
-    settings = {setting(r) for r in tuning_runs}
+    # Settings whose grid already holds its own default-rate runs take nothing from ablation.json.
+    own_defaults = {setting(r) for r in tuning_runs if variant(r["config"])[3:] == (4e-4, 1e-4)}
+    settings = {setting(r) for r in tuning_runs} - own_defaults
     defaults = [r for r in ablation["runs"]
                 if setting(r) in settings and variant(r["config"])[3:] == (4e-4, 1e-4)]  # fmt: skip
     return tuning_runs + defaults

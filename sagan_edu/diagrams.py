@@ -1,4 +1,5 @@
-"""Data-flow diagrams drawn with matplotlib: the SAGAN block and one GAN training iteration.
+"""Data-flow diagrams drawn with matplotlib: the SAGAN block, one GAN training iteration, and the
+path a gradient takes back to the first token through a recurrence and through attention.
 
 Drawn in code so they render offline, on GitHub and on Colab, and so the shapes written on the
 arrows come from the same arithmetic as `SelfAttention2d` (tests/test_diagrams.py checks them
@@ -6,6 +7,7 @@ against a real forward pass).
 
     fig = sagan_block_diagram(channels=64, height=16, width=16)
     fig = training_step_diagram(d_loss="hinge", g_loss="−mean D(G(z))", ema=True)
+    fig = gradient_path_diagram(length=6)
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
-__all__ = ["sagan_block_diagram", "sagan_block_shapes", "training_step_diagram"]
+__all__ = [
+    "GRADIENT_PATH_COLOUR",
+    "gradient_path_diagram",
+    "sagan_block_diagram",
+    "sagan_block_shapes",
+    "training_step_diagram",
+]
+
+GRADIENT_PATH_COLOUR = "tab:red"  # the edges ∂loss/∂x₀ flows back along in gradient_path_diagram
 
 STYLES = {  # (face, edge) colours of the boxes
     "data": ("white", "0.3"),
@@ -214,4 +224,55 @@ def training_step_diagram(
         ax_g.text(4.3, 2.25, "3. after the G step: the EMA update (samples come from G_ema)",
                   fontsize=8, color="tab:green", va="center")  # fmt: skip
     fig.tight_layout()
+    return fig
+
+
+def gradient_path_diagram(length: int = 6) -> Figure:
+    """The road from the loss back to the first token x₀: an LSTM's chain against attention.
+
+    Top: a recurrence over `length` tokens. x₀'s information, and the gradient that teaches the
+    network to keep it, crosses x₀ → h₀, then length − 1 recurrent steps (one Jacobian
+    ∂hₜ/∂hₜ₋₁ each), then h → loss. Bottom: one attention layer, where the last position (the
+    "?") reads every token directly: x₀ → attention → loss, whatever the length. The edges of
+    that road are drawn in GRADIENT_PATH_COLOUR, every other edge in grey.
+    """
+    if length < 2:
+        raise ValueError(f"length must be at least 2 (x₀ and the '?' position), got {length}")
+    subscript = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+    red, grey = GRADIENT_PATH_COLOUR, "0.6"
+    fig, (ax_rnn, ax_att) = plt.subplots(2, 1, figsize=(1.6 * length + 1, 6))
+    tokens = {}
+    for ax in (ax_rnn, ax_att):
+        ax.set(xlim=(-0.8, length - 0.2), ylim=(-0.5, 2.6))
+        ax.set_axis_off()
+        tokens[ax] = [
+            _node(ax, t, 0, "x₀ = A" if t == 0 else ("?" if t == length - 1 else
+                  f"x{t}".translate(subscript)), "loss" if t == 0 else "data", w=0.8, h=0.45)
+            for t in range(length)
+        ]  # fmt: skip
+
+    # The recurrence: x_t -> h_t, h_{t-1} -> h_t, and the loss reads the last state.
+    states = [_node(ax_rnn, t, 1.1, f"h{t}".translate(subscript), "op", w=0.6, h=0.45)
+              for t in range(length)]  # fmt: skip
+    for t, (token, state) in enumerate(zip(tokens[ax_rnn], states, strict=True)):
+        _arrow(ax_rnn, token, state, colour=red if t == 0 else grey)
+        if t > 0:
+            _arrow(ax_rnn, states[t - 1], state, "∂hₜ/∂hₜ₋₁", red, offset=(0, 0.25))
+    loss = _node(ax_rnn, length - 1, 2.1, "loss", "loss", w=0.8, h=0.45)
+    _arrow(ax_rnn, states[-1], loss, colour=red)
+    ax_rnn.set_title(f"LSTM: from x₀ to the loss, {length + 1} edges, {length - 1} of them "
+                     "recurrent steps (one Jacobian factor each)", fontsize=10)  # fmt: skip
+
+    # Attention: the "?" query looks at every token at once.
+    attend = _node(ax_att, length - 1, 1.2, "attention\nat ?", "op", w=1.1, h=0.55)
+    for t, token in enumerate(tokens[ax_att]):
+        _arrow(ax_att, token, attend, "weight a₀" if t == 0 else "",
+               red if t == 0 else grey, offset=(0, 0.15))  # fmt: skip
+    loss = _node(ax_att, length - 1, 2.1, "loss", "loss", w=0.8, h=0.45)
+    _arrow(ax_att, attend, loss, colour=red)
+    ax_att.set_title("attention: from x₀ to the loss, 2 edges whatever the length; the first "
+                     "is scaled by the weight the ? gives position 0", fontsize=10)  # fmt: skip
+    fig.text(0.5, 0.01, "red: the path along which ∂loss/∂x₀ flows (backwards, against the "
+             "arrows)", ha="center", fontsize=9, color=red)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig

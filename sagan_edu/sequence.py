@@ -1,25 +1,33 @@
 """Toy sequence tasks and the small sequence models the course trains on them.
 
-Two tasks, each drawn from a seed as plain tensors:
+Three tasks, each drawn from a seed as plain tensors:
 
 - `context_task`: the word "bank" means *river* or *money*, and only another word somewhere else in
   the sentence ("fish", "loan", …) says which. A model that looks at "bank" alone can only guess.
-- `long_range_task`: the class is the first token; then come many distractors, and the answer is
-  asked for at the very last position. The information has to travel the whole sequence.
+- `nearest_topic_task`: the same, with one river word *and* one money word in every sentence; the
+  one nearer to "bank" decides. Knowing which words occur is no longer enough: a model must also
+  know where they are.
+- `long_range_task`: the class token comes first (or anywhere, with `random_position=True`); then
+  many distractors, and the answer is asked for at the very last position. The information has to
+  travel the whole sequence.
 
 Labels live in a (N, L) tensor next to the tokens, with `IGNORE` (-100) at the positions that have
 no label, so every model here is a tagger: tokens (B, L) -> logits (B, L, classes), and the loss and
 accuracy only count the labelled positions.
 
-Three models share one interface, `embed(tokens)` then `from_embeddings(x)`, so a notebook can ask
+Four models share one interface, `embed(tokens)` then `from_embeddings(x)`, so a notebook can ask
 for the gradient of the loss with respect to one token's embedding:
 
 - `TokenClassifier`: an MLP on each token alone (no context at all, the baseline).
+- `MeanPoolClassifier`: an MLP on each token and the mean of all the sentence's tokens (a bag of
+  words: every word is seen, but not where it is).
 - `AttentionClassifier`: transformer blocks built on `MultiHeadAttention`; returns its attention
   weights, (B, heads, L, L) per layer, when asked.
-- `LSTMClassifier`: a left-to-right LSTM, the recurrent baseline.
+- `LSTMClassifier`: an LSTM read left to right (or both ways, `bidirectional=True`), the recurrent
+  baseline; `forget_bias` sets the forget gate's initial bias.
 
-`train_classifier` is a plain Adam loop on such a model; `accuracy` scores it.
+`train_classifier` is a plain Adam loop on such a model, with optional gradient clipping;
+`accuracy` scores it.
 """
 
 from __future__ import annotations
@@ -37,12 +45,15 @@ __all__ = [
     "IGNORE",
     "AttentionClassifier",
     "LSTMClassifier",
+    "MeanPoolClassifier",
     "SequenceTask",
     "TokenClassifier",
     "accuracy",
     "context_task",
+    "gradient_norm",
     "long_range_task",
     "loss_on",
+    "nearest_topic_task",
     "train_classifier",
 ]
 
@@ -92,6 +103,12 @@ TOPIC_WORDS = {
 AMBIGUOUS = "bank"
 
 
+def _context_vocab() -> tuple[list[str], dict[str, int]]:
+    """The words of the "bank" tasks: filler, "bank", then the river words and the money words."""
+    vocab = [*FILLER, AMBIGUOUS, *(w for t in TOPIC_WORDS for w in TOPIC_WORDS[t])]
+    return vocab, {word: i for i, word in enumerate(vocab)}
+
+
 def context_task(n: int, length: int = 12, seed: int = 0) -> SequenceTask:
     """Sentences with one "bank" and one topic word; label "bank" with the topic.
 
@@ -107,8 +124,7 @@ def context_task(n: int, length: int = 12, seed: int = 0) -> SequenceTask:
             f"length must be at least 2 (room for 'bank' and a topic word), got {length}"
         )
     topics = list(TOPIC_WORDS)
-    vocab = [*FILLER, AMBIGUOUS, *(w for t in topics for w in TOPIC_WORDS[t])]
-    index = {word: i for i, word in enumerate(vocab)}
+    vocab, index = _context_vocab()
     g = torch.Generator().manual_seed(seed)
 
     tokens = torch.randint(len(FILLER), (n, length), generator=g)  # (n, L) filler everywhere
@@ -126,13 +142,63 @@ def context_task(n: int, length: int = 12, seed: int = 0) -> SequenceTask:
     return SequenceTask(tokens, targets, vocab, topics)
 
 
-def long_range_task(n: int, length: int, num_classes: int = 4, seed: int = 0) -> SequenceTask:
-    """The class is the first token; `length - 2` distractors follow; a "?" at the end asks for it.
+def nearest_topic_task(n: int, length: int = 12, seed: int = 0) -> SequenceTask:
+    """Sentences with one "bank", one river word and one money word; the nearer one decides.
+
+    The three words sit at distinct random positions, drawn so that the two topic words are never
+    equally far from "bank". "bank" is labelled with the topic of the nearer topic word. Every
+    sentence contains both topics, so a bag of words (which words occur, not where) is at chance;
+    a model has to compare the two distances to "bank".
+
+    Returns a SequenceTask with tokens (n, length) and targets (n, length), one label per row.
+    """
+    if length < 4:
+        raise ValueError(
+            f"length must be at least 4 (room for 'bank' and two topic words at different "
+            f"distances from it), got {length}"
+        )
+    topics = list(TOPIC_WORDS)
+    vocab, index = _context_vocab()
+    g = torch.Generator().manual_seed(seed)
+
+    tokens = torch.randint(len(FILLER), (n, length), generator=g)  # (n, L) filler everywhere
+    # Positions of "bank", the river word and the money word: three distinct positions per row.
+    # Rows where both topic words are equally far from "bank" are drawn again until none is left.
+    positions = torch.rand(n, length, generator=g).argsort(dim=1)[:, :3]  # (n, 3)
+    while True:
+        distance = (positions[:, 1:] - positions[:, :1]).abs()  # (n, 2): river, money
+        tied = distance[:, 0] == distance[:, 1]  # (n,)
+        if not tied.any():
+            break
+        redraw = torch.rand(int(tied.sum()), length, generator=g).argsort(dim=1)[:, :3]
+        positions[tied] = redraw
+    topic = (distance[:, 1] < distance[:, 0]).long()  # (n,) 0 = river nearer, 1 = money nearer
+
+    words = torch.randint(len(TOPIC_WORDS[topics[0]]), (n, 2), generator=g)  # (n, 2)
+    topic_ids = torch.tensor([[index[w] for w in TOPIC_WORDS[t]] for t in topics])  # (2, words)
+    rows = torch.arange(n)
+    tokens[rows, positions[:, 0]] = index[AMBIGUOUS]
+    tokens[rows, positions[:, 1]] = topic_ids[0, words[:, 0]]  # a river word
+    tokens[rows, positions[:, 2]] = topic_ids[1, words[:, 1]]  # a money word
+
+    targets = torch.full((n, length), IGNORE)
+    targets[rows, positions[:, 0]] = topic
+    return SequenceTask(tokens, targets, vocab, topics)
+
+
+def long_range_task(
+    n: int, length: int, num_classes: int = 4, seed: int = 0, random_position: bool = False
+) -> SequenceTask:
+    """One class token among `length - 2` distractors; a "?" at the end asks for its class.
 
     Tokens: position 0 is one of the class tokens "A", "B", … ; positions 1 … L-2 are random
-    distractors "d0" … "d15"; position L-1 is "?". Only "?" is labelled, with the first token's
+    distractors "d0" … "d15"; position L-1 is "?". Only "?" is labelled, with the class token's
     class, so the answer has to travel from the start of the sequence to its end. Chance is
     1/num_classes.
+
+    With `random_position=True` the class token sits at a random position in 0 … L-2 instead of
+    at 0 (a distractor takes position 0), so a model cannot simply learn *where* to look; it has
+    to recognise *what* to look for.
 
     Returns a SequenceTask with tokens (n, length) and targets (n, length), one label per row.
     """
@@ -147,7 +213,11 @@ def long_range_task(n: int, length: int, num_classes: int = 4, seed: int = 0) ->
 
     label = torch.randint(num_classes, (n,), generator=g)  # (n,)
     tokens = num_classes + torch.randint(len(distractors), (n, length), generator=g)  # (n, L)
-    tokens[:, 0] = label
+    if random_position:
+        where = torch.randint(length - 1, (n,), generator=g)  # (n,) in 0 … L-2
+    else:
+        where = torch.zeros(n, dtype=torch.long)
+    tokens[torch.arange(n), where] = label
     tokens[:, -1] = len(vocab) - 1  # "?"
     targets = torch.full((n, length), IGNORE)
     targets[:, -1] = label
@@ -174,6 +244,34 @@ class TokenClassifier(nn.Module):
 
     def from_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x)  # (B, L, E) -> (B, L, classes): no position sees another
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.from_embeddings(self.embed(tokens))
+
+
+class MeanPoolClassifier(nn.Module):
+    """A bag-of-words baseline: each token's label from itself and the mean of all tokens.
+
+    Every position sees every word of its sentence, but only through their average, so it knows
+    *which* words occur and not *where*. Enough when one topic word decides; not when the
+    nearer of two does.
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 32):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, embed_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * embed_dim, 2 * embed_dim),
+            nn.GELU(),
+            nn.Linear(2 * embed_dim, num_classes),
+        )
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding(tokens)  # (B, L) -> (B, L, E)
+
+    def from_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True).expand_as(x)  # (B, L, E): the same for every position
+        return self.mlp(torch.cat([x, mean], dim=-1))  # (B, L, 2E) -> (B, L, classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.from_embeddings(self.embed(tokens))
@@ -256,25 +354,51 @@ class AttentionClassifier(nn.Module):
 
 
 class LSTMClassifier(nn.Module):
-    """Token embeddings read left to right by an LSTM; each position's state makes its logits.
+    """Token embeddings read by an LSTM; each position's state makes its logits.
 
-    The last position has read the whole sequence, but everything it knows about the first token
-    has been passed along through every step in between.
+    Left to right (the default), the last position has read the whole sequence, but everything it
+    knows about the first token has been passed along through every step in between. With
+    `bidirectional=True` a second LSTM reads right to left and each position sees both states
+    side by side (2 × hidden_size), so it has context from both sides.
+
+    `forget_bias`, if given, is the initial bias of the forget gate (PyTorch's default draws it
+    at random around 0, like every other bias). A large positive value such as +3 starts the
+    gate near sigmoid(3) ≈ 0.95, so the cell keeps its memory from the start and gradients pass
+    through many steps (Gers et al., 2000; Jozefowicz et al., 2015).
     """
 
     def __init__(
-        self, vocab_size: int, num_classes: int, embed_dim: int = 32, hidden_size: int = 64
+        self,
+        vocab_size: int,
+        num_classes: int,
+        embed_dim: int = 32,
+        hidden_size: int = 64,
+        bidirectional: bool = False,
+        forget_bias: float | None = None,
     ):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, embed_dim)
-        self.lstm = nn.LSTM(embed_dim, hidden_size, batch_first=True)
-        self.head = nn.Linear(hidden_size, num_classes)
+        self.lstm = nn.LSTM(embed_dim, hidden_size, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+        if forget_bias is not None:
+            self._set_forget_bias(forget_bias)
+
+    @torch.no_grad()
+    def _set_forget_bias(self, value: float) -> None:
+        # PyTorch stacks the four gates' biases as (input, forget, cell, output), hidden_size
+        # each, and adds bias_ih and bias_hh: put `value` in one and 0 in the other.
+        H = self.lstm.hidden_size
+        for name, bias in self.lstm.named_parameters():
+            if name.startswith("bias_ih"):
+                bias[H : 2 * H] = value
+            elif name.startswith("bias_hh"):
+                bias[H : 2 * H] = 0.0
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(tokens)  # (B, L) -> (B, L, E)
 
     def from_embeddings(self, x: torch.Tensor) -> torch.Tensor:
-        states, _ = self.lstm(x)  # (B, L, hidden)
+        states, _ = self.lstm(x)  # (B, L, hidden) or (B, L, 2·hidden) when bidirectional
         return self.head(states)  # (B, L, classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -310,6 +434,12 @@ def accuracy(model: nn.Module, task: SequenceTask, batch_size: int = 1024) -> fl
     return correct / total
 
 
+def gradient_norm(model: nn.Module) -> float:
+    """The L2 norm of all of `model`'s gradients taken together (0 before any backward)."""
+    norms = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
+
+
 def train_classifier(
     model: nn.Module,
     task: SequenceTask,
@@ -317,14 +447,25 @@ def train_classifier(
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
+    clip_grad_norm: float | None = 1.0,
     callback: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Train `model` on random batches of `task` with Adam; return the loss of every step.
 
+    `clip_grad_norm`: before each step, gradients whose overall norm exceeds this are scaled
+    down to it (`torch.nn.utils.clip_grad_norm_`); None trains without clipping. The default, 1,
+    keeps a recurrent network's occasional gradient spikes (Pascanu et al., 2013) from throwing
+    its weights far off, and changes nothing in steps whose norm is already below 1.
+
     `callback(step)`, if given, is called after every step (1, 2, …, steps), e.g. to measure the
-    held-out accuracy now and then. Gradients are clipped to norm 1, which keeps the LSTM's
-    occasional gradient spikes harmless and changes nothing for well-behaved steps.
+    held-out accuracy now and then. The step's gradients are still in the parameters' `.grad`
+    then (after clipping), so `gradient_norm(model)` reads their size.
     """
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ValueError(
+            f"clip_grad_norm must be a positive number, or None for no clipping; "
+            f"got {clip_grad_norm}"
+        )
     g = torch.Generator().manual_seed(seed)  # the order of batches, independent of the model
     device = next(model.parameters()).device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -335,7 +476,8 @@ def train_classifier(
         loss = loss_on(model, task.tokens[batch].to(device), task.targets[batch].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         losses.append(loss.item())
         if callback is not None:

@@ -6,6 +6,7 @@ shows it and a script can `fig.savefig(...)`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,10 +18,20 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from sagan_edu.attention import SelfAttention2d
+from sagan_edu.attention_ablation import scaled_attention
+from sagan_edu.attention_maps import (  # re-exported: notebooks import them from here too
+    attention_entropy,
+    mean_attention_distance,
+    pool_factor,
+    query_index,
+    uniform_attention_distance,
+    uniform_distance_per_query,
+)
 
 __all__ = [
     "AttentionView",
     "as_head_maps",
+    "attention_entropy",
     "attention_layer_names",
     "attention_view",
     "collect_attention",
@@ -28,19 +39,24 @@ __all__ = [
     "draw_attention_grid",
     "generate_with_attention",
     "image_grid",
+    "key_weight_grid",
     "make_attention_view",
     "mean_attention_distance",
     "plot_attention_distances",
     "plot_attention_grid",
     "plot_attention_maps",
+    "plot_distance_per_query",
     "plot_gammas",
     "plot_history",
     "plot_images",
     "plot_sequence_attention",
     "plot_sequence_attention_layers",
+    "pool_factor",
     "query_attention_map",
     "query_index",
     "uniform_attention_distance",
+    "uniform_distance_per_query",
+    "weight_summary",
 ]
 
 
@@ -125,7 +141,7 @@ def query_attention_map(
     """
     H, W = feature_size
     B, N, M = attention.shape
-    pool = _pool_factor(N, M, (H, W))
+    pool = pool_factor(N, M, (H, W))
     rows, cols = image_size or (H, W)
     r, c = query
     if not (0 <= r < rows and 0 <= c < cols):
@@ -137,15 +153,57 @@ def query_attention_map(
     return upsampled / upsampled.sum(dim=(1, 2), keepdim=True)
 
 
-def _pool_factor(N: int, M: int, feature_size: tuple[int, int]) -> int:
-    """How much a layer pooled its keys: N queries and M keys on an H×W map give pool."""
+def key_weight_grid(
+    attention: torch.Tensor, feature_size: tuple[int, int], query: int
+) -> torch.Tensor:
+    """Row `query` of attention (N, M), laid out on the pooled key grid: (H/pool, W/pool)."""
     H, W = feature_size
-    if N != H * W:
-        raise ValueError(f"attention has {N} query rows but feature_size {H}×{W} has {H * W}")
-    pool = round((N / M) ** 0.5)
-    if (H // pool) * (W // pool) != M:
-        raise ValueError(f"cannot lay {M} keys on a grid pooled from {H}×{W}")
-    return pool
+    pool = pool_factor(*attention.shape[-2:], feature_size)
+    return attention[query].reshape(H // pool, W // pool).float()
+
+
+def weight_summary(weights: torch.Tensor) -> str:
+    """'max 0.052 (even 0.016) · entropy 3.9 of 4.16 nats' for one query's weights (any shape).
+
+    The even-spread values (1/M and ln M) say what a query that looks everywhere alike would get:
+    a maximum near 1/M and an entropy near ln M mean "no preference", however the colours look.
+    """
+    w = weights.flatten()  # (M,)
+    M = w.numel()
+    entropy = float(attention_entropy(w[None])[0])
+    return (
+        f"max {float(w.max()):.3f} (even {1 / M:.3f})\n"
+        f"entropy {entropy:.2f} of {math.log(M):.2f} nats"
+    )
+
+
+def _draw_key_weights(ax, weights: torch.Tensor, image_size: tuple[int, int], vmax: float):
+    """Lay a (h, w) grid of key weights over an image of `image_size`, colours from 0 to vmax.
+
+    Each pooled key is drawn as the block of pixels it covers (no smoothing), so what you see
+    is what the layer weights.
+    """
+    rows, cols = image_size
+    return ax.imshow(
+        weights.numpy(),
+        cmap="inferno",
+        alpha=0.65,
+        vmin=0.0,
+        vmax=vmax,
+        interpolation="nearest",
+        extent=(-0.5, cols - 0.5, rows - 0.5, -0.5),  # the grid covers the whole image
+    )
+
+
+def _weight_colorbar(fig: Figure, mappable, axes, num_keys: int, label: str = "weight on a key"):
+    """One colour bar for panels that share a colour scale, with the even-spread level 1/M."""
+    bar = fig.colorbar(mappable, ax=list(axes), shrink=0.85, pad=0.02)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    bar.ax.axhline(1 / num_keys, color="white", lw=1.5, ls="--")
+    bar.ax.text(1.0, 1 / num_keys, "  even", va="center", ha="left", fontsize=6, color="grey",
+                transform=bar.ax.get_yaxis_transform())  # fmt: skip
+    return bar
 
 
 def plot_attention_maps(
@@ -155,30 +213,38 @@ def plot_attention_maps(
     queries: Sequence[tuple[int, int]],
     index: int = 0,
     title: str | None = None,
+    vmax: float | None = None,
 ) -> Figure:
     """One image with each query marked, and beside it where each query attends (overlay).
 
     images (B, C, S, S) in [-1, 1]; attention (B, N, M) from a layer with `feature_size` (H, W).
+    The overlays share one colour scale, from 0 to `vmax` (default: the largest weight shown),
+    with a colour bar that marks the even-spread level 1/M; each panel prints its query's
+    largest weight and entropy, so near-even attention cannot pass for structure.
     """
     images, attention = images.detach().cpu(), attention.detach().cpu()  # GPU tensors welcome
-    image = image_grid(images[index : index + 1], nrow=1)  # one image: make_grid adds no border
     size = tuple(images.shape[-2:])
-    fig, axes = plt.subplots(1, len(queries) + 1, figsize=(2.2 * (len(queries) + 1), 2.6))
-    axes[0].imshow(image.numpy())
-    axes[0].set_title("sample")
+    rows = [query_index(feature_size, query, size) for query in queries]
+    grids = [key_weight_grid(attention[index], feature_size, n) for n in rows]  # (h, w) each
+    vmax = vmax or max(float(g.max()) for g in grids)
+    picture, cmap = _as_picture(images[index])
+    fig, axes = plt.subplots(
+        1, len(queries) + 1, figsize=(2.2 * (len(queries) + 1) + 0.8, 3.0), layout="constrained"
+    )
+    axes[0].imshow(picture, cmap=cmap, vmin=0, vmax=1)
+    axes[0].set_title("sample", fontsize=9)
     colours = plt.cm.tab10.colors
-    for i, (query, ax) in enumerate(zip(queries, axes[1:], strict=True)):
-        heat = query_attention_map(attention[index : index + 1], feature_size, query, size)[0]
-        ax.imshow(image.numpy(), alpha=0.6)
-        ax.imshow(heat.numpy(), cmap="inferno", alpha=0.6)
+    for i, (query, grid, ax) in enumerate(zip(queries, grids, axes[1:], strict=True)):
+        ax.imshow(picture, cmap=cmap, vmin=0, vmax=1)
+        shown = _draw_key_weights(ax, grid, size, vmax)
         for a in (axes[0], ax):
             a.plot(query[1], query[0], marker="x", markersize=9, mew=2.5, color=colours[i % 10])
-        ax.set_title(f"query {query}")
+        ax.set_title(f"query {tuple(query)}\n{weight_summary(grid)}", fontsize=8)
     for ax in axes:
         ax.set_axis_off()
+    _weight_colorbar(fig, shown, axes[1:], attention.shape[-1])
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -188,11 +254,16 @@ def plot_sequence_attention(
     key_tokens: Sequence[str] | None = None,
     titles: Sequence[str] | None = None,
     ax=None,
+    vmax: float | None = None,
+    colorbar: bool = True,
 ) -> Figure:
     """Token-to-token attention heatmaps, tokens as tick labels.
 
     weights: (Lq, Lk) for one map, or (heads, Lq, Lk) for one panel per head. Row i shows how
-    query token i spreads its attention over the key tokens (each row sums to 1).
+    query token i spreads its attention over the key tokens (each row sums to 1). All panels
+    share one colour scale from 0 to `vmax` (default: the largest weight shown) and a colour
+    bar marking the even-spread level 1/Lk; each panel's title gives its largest weight and
+    its rows' mean entropy.
     """
     weights = weights.detach().float().cpu()
     maps = weights[None] if weights.dim() == 2 else weights  # (heads, Lq, Lk)
@@ -206,24 +277,31 @@ def plot_sequence_attention(
         )
     if ax is not None and len(maps) != 1:
         raise ValueError("pass `ax` only for a single map; several heads get a figure of their own")
+    vmax = vmax or float(maps.max()) or 1.0
     side = 0.35 * max(len(query_tokens), len(key_tokens)) + 1.5
     if ax is None:
-        fig, axes = plt.subplots(1, len(maps), figsize=(side * len(maps), side), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(maps), figsize=(side * len(maps) + 0.8, side + 0.4), squeeze=False,
+            layout="constrained",
+        )  # fmt: skip
         axes = axes[0]
     else:
         fig, axes = ax.figure, [ax]
     for i, (heat, a) in enumerate(zip(maps, axes, strict=True)):
-        a.imshow(heat.numpy(), cmap="viridis", vmin=0.0, vmax=float(heat.max()) or 1.0)
+        shown = a.imshow(heat.numpy(), cmap="viridis", vmin=0.0, vmax=vmax)
         a.set_xticks(range(len(key_tokens)), key_tokens, rotation=90)
         a.set_yticks(range(len(query_tokens)), query_tokens)
         a.set_xlabel("key (attended to)")
         if i == 0:
             a.set_ylabel("query (attending)")
-        if titles is not None:
-            a.set_title(titles[i])
-        elif len(maps) > 1:
-            a.set_title(f"head {i}")
-    fig.tight_layout()
+        name = titles[i] if titles is not None else (f"head {i}" if len(maps) > 1 else "")
+        entropy = float(attention_entropy(heat).mean())
+        stats = (
+            f"max {float(heat.max()):.2f}, entropy {entropy:.2f} of {math.log(heat.shape[-1]):.2f}"
+        )
+        a.set_title(f"{name}\n{stats}" if name else stats, fontsize=8)
+    if colorbar:
+        _weight_colorbar(fig, shown, axes, maps.shape[-1], label="attention weight")
     return fig
 
 
@@ -234,6 +312,12 @@ def plot_sequence_attention(
 
 def plot_history(history: dict[str, list[float]]) -> Figure:
     """Losses and the mean D output on real and fake images against step."""
+    missing = [k for k in ("step", "loss_d", "loss_g", "d_real", "d_fake") if k not in history]
+    if missing:
+        raise ValueError(
+            f"history lacks {', '.join(missing)}: pass a Trainer's history after at least one "
+            "log (trainer.history, or history.json of a run folder)"
+        )
     steps = history["step"]
     fig, (ax_loss, ax_d) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax_loss.plot(steps, history["loss_d"], label="D loss")
@@ -279,73 +363,6 @@ def plot_gammas(history: dict[str, list[float]]) -> Figure:
 # ---------------------------------------------------------------------------------------------
 
 
-def query_index(
-    feature_size: tuple[int, int],
-    query: tuple[int, int],
-    image_size: tuple[int, int] | None = None,
-) -> int:
-    """The row of the attention matrix that belongs to `query` (row, col).
-
-    `query` is in `image_size` coordinates (feature-map coordinates if image_size is None); the
-    query pixel belongs to the feature-map cell that covers it, as in `query_attention_map`.
-    """
-    H, W = feature_size
-    rows, cols = image_size or (H, W)
-    r, c = query
-    if not (0 <= r < rows and 0 <= c < cols):
-        raise ValueError(f"query {query} lies outside the {rows}×{cols} image")
-    return (r * H // rows) * W + (c * W // cols)
-
-
-def mean_attention_distance(
-    attention: torch.Tensor,
-    feature_size: tuple[int, int],
-    image_size: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """How far each query looks: Σ_k w_k·‖pos_k − pos_q‖, in pixels of the image.
-
-    Args:
-        attention: (B, N, M) or (N, M) from SelfAttention2d, N = H·W queries, M pooled keys.
-        feature_size: (H, W) of the feature map the layer ran on.
-        image_size: (rows, cols) of the image, to measure in image pixels (feature-map cells if
-            None).
-
-    Returns:
-        (B, N) or (N,): the attention-weighted mean distance from each query to the keys. Query
-        and key positions are the centres of their cells (a pooled key covers pool×pool cells).
-        A 3×3 conv sees about 1 cell away; a value near the image's width means "long-range".
-    """
-    H, W = feature_size
-    N, M = attention.shape[-2:]
-    pool = _pool_factor(N, M, (H, W))
-    rows, cols = image_size or (H, W)
-    cell_h, cell_w = rows / H, cols / W  # image pixels per feature-map cell
-    queries = _cell_centres(H, W, cell_h, cell_w)  # (N, 2)
-    keys = _cell_centres(H // pool, W // pool, cell_h * pool, cell_w * pool)  # (M, 2)
-    distances = torch.cdist(queries, keys).to(attention.device)  # (N, M)
-    return (attention.float() * distances).sum(dim=-1)
-
-
-def _cell_centres(rows: int, cols: int, cell_h: float, cell_w: float) -> torch.Tensor:
-    """(rows·cols, 2) centres (y, x) of a grid of cells, row-major like the attention matrix."""
-    y = (torch.arange(rows, dtype=torch.float64) + 0.5) * cell_h
-    x = (torch.arange(cols, dtype=torch.float64) + 0.5) * cell_w
-    return torch.cartesian_prod(y, x).float()
-
-
-def uniform_attention_distance(
-    attention: torch.Tensor,
-    feature_size: tuple[int, int],
-    image_size: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """The mean distance each query would have if it spread its attention evenly: a baseline.
-
-    Same shapes as `mean_attention_distance`; only the shape of `attention` is used.
-    """
-    M = attention.shape[-1]
-    return mean_attention_distance(torch.full_like(attention, 1.0 / M), feature_size, image_size)
-
-
 def plot_attention_distances(
     attention: torch.Tensor,
     feature_size: tuple[int, int],
@@ -353,36 +370,74 @@ def plot_attention_distances(
     title: str | None = None,
     ax=None,
 ) -> Figure:
-    """Histogram of every query's mean attention distance, with the uniform-attention baseline.
+    """Histogram of every query's mean attention distance, beside the even-spread baseline.
 
-    attention (B, N, M) or (N, M): all B·N queries go into one histogram. Mass left of the grey
-    line means "looks nearby more than an even spread would"; mass near it means "looks all over".
+    attention (B, N, M) or (N, M): all B·N queries go into one histogram (blue). The grey outline
+    is the histogram of the same queries' even-spread distances (`uniform_distance_per_query`):
+    a centre query gets less than a corner one even when it looks everywhere alike. Blue mass
+    left of the grey means "looks nearer than an even spread would".
     """
     distances = mean_attention_distance(attention, feature_size, image_size).flatten().cpu()
     uniform = uniform_attention_distance(attention, feature_size, image_size).flatten().cpu()
     if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
     else:
         fig = ax.figure
-    ax.hist(distances.numpy(), bins=30, color="tab:blue", alpha=0.8)
-    ax.axvline(
-        float(distances.mean()),
-        color="tab:red",
-        lw=2,
-        label=f"mean: {float(distances.mean()):.1f} px",
-    )
-    ax.axvline(
-        float(uniform.mean()),
-        color="grey",
-        ls="--",
-        lw=2,
-        label=f"even spread: {float(uniform.mean()):.1f} px",
-    )
+    bins = torch.linspace(0, float(max(distances.max(), uniform.max())) + 1e-6, 31).numpy()
+    ax.hist(distances.numpy(), bins=bins, color="tab:blue", alpha=0.8, label="measured")
+    ax.hist(uniform.numpy(), bins=bins, histtype="step", color="grey", lw=1.5,
+            label="even spread, same queries")  # fmt: skip
+    ax.axvline(float(distances.mean()), color="tab:red", lw=2,
+               label=f"mean measured: {float(distances.mean()):.1f} px")  # fmt: skip
+    ax.axvline(float(uniform.mean()), color="grey", ls="--", lw=2,
+               label=f"mean even spread: {float(uniform.mean()):.1f} px")  # fmt: skip
     ax.set_xlabel("mean attention distance (pixels)")
     ax.set_ylabel("queries")
     ax.set_title(title or "how far queries look")
-    ax.legend()
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def plot_distance_per_query(
+    attention: torch.Tensor,
+    feature_size: tuple[int, int],
+    image_size: tuple[int, int] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Each query's mean attention distance as a map, beside the even-spread baseline per query.
+
+    attention (B, N, M) or (N, M); the measured map averages the B samples. Three panels: the
+    measured distance per query position, what an even spread from that position would give
+    (both on one colour scale), and measured minus even spread (blue: looks nearer than an even
+    spread would, red: further).
+    """
+    H, W = feature_size
+    measured = mean_attention_distance(attention, feature_size, image_size).cpu()
+    measured = measured.reshape(-1, H, W).mean(0)  # (H, W), averaged over samples
+    pool = pool_factor(*attention.shape[-2:], feature_size)
+    uniform = uniform_distance_per_query(feature_size, pool, image_size).float().reshape(H, W)
+    difference = measured - uniform
+    rows, cols = image_size or (H, W)
+    extent = (0, cols, rows, 0)  # axes in image pixels
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.4), layout="constrained")
+    top = float(max(measured.max(), uniform.max()))
+    for ax, values, name in ((axes[0], measured, "measured"), (axes[1], uniform, "even spread")):
+        shown = ax.imshow(values.numpy(), cmap="viridis", vmin=0, vmax=top, extent=extent)
+        spread = f"min {float(values.min()):.1f}, max {float(values.max()):.1f}"
+        ax.set_title(f"{name}: mean {float(values.mean()):.1f} px\n({spread})", fontsize=9)
+    fig.colorbar(shown, ax=axes[:2], label="mean attention distance (px)", shrink=0.85)
+    limit = float(difference.abs().max()) or 1.0
+    shown = axes[2].imshow(difference.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit,
+                           extent=extent)  # fmt: skip
+    axes[2].set_title(
+        f"measured − even spread\nmean {float(difference.mean()):+.1f} px", fontsize=9
+    )
+    fig.colorbar(shown, ax=axes[2], label="difference (px)", shrink=0.85)
+    for ax in axes:
+        ax.set_xlabel("query column (px)")
+    axes[0].set_ylabel("query row (px)")
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -398,12 +453,14 @@ def attention_layer_names(
 
 @torch.no_grad()
 def generate_with_attention(
-    generator: nn.Module, seed: int = 0, label: int | None = None
+    generator: nn.Module, seed: int = 0, label: int | None = None, gamma_scale: float = 1.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One image (1, C, S, S) from `seed` and G's attention maps {name: (1, N, M)}.
 
     The noise is drawn as `sagan_edu.training.sample_images(generator, 1, seed)` draws it, so the
     same seed gives the same picture. G runs in eval mode (BatchNorm with running statistics).
+    `gamma_scale` multiplies every attention layer's γ while G runs (0 switches attention off:
+    y = x + 0·o), to see what attention changes in the sample.
     """
     device = next(generator.parameters()).device
     z = torch.randn(
@@ -412,7 +469,8 @@ def generate_with_attention(
     y = None
     if generator.num_classes is not None:
         y = torch.tensor([0 if label is None else label], device=device)
-    image, maps = _collect_in_eval_mode(generator, z, y)
+    with scaled_attention(generator, gamma_scale):
+        image, maps = _collect_in_eval_mode(generator, z, y)
     return image.float(), maps
 
 
@@ -494,12 +552,14 @@ def attention_view(
     discriminator: nn.Module | None = None,
     label: int | None = None,
     real_image: torch.Tensor | None = None,
+    gamma_scale: float = 1.0,
 ) -> AttentionView:
     """Generate the sample for `seed` (and `label`) and return `layer`'s attention on it.
 
     For a D layer ('D/…'), D judges the generated image, or `real_image` (C, S, S) if given.
+    `gamma_scale` multiplies G's γs while it draws the sample (see `generate_with_attention`).
     """
-    image, g_maps = generate_with_attention(generator, seed, label)
+    image, g_maps = generate_with_attention(generator, seed, label, gamma_scale)
     if layer.startswith("G/"):
         return make_attention_view(layer, image, g_maps, generator)
     if not layer.startswith("D/") or discriminator is None:
@@ -521,30 +581,59 @@ def _as_picture(image: torch.Tensor):
     return picture.permute(1, 2, 0).numpy(), None
 
 
-def draw_attention_grid(fig: Figure, view: AttentionView, queries: Sequence[tuple[int, int]]):
+def draw_attention_grid(
+    fig: Figure,
+    view: AttentionView,
+    queries: Sequence[tuple[int, int]],
+    vmax: float | None = None,
+    reference: torch.Tensor | None = None,
+    gamma_scale: float = 1.0,
+) -> list[float]:
     """Draw onto `fig`: the image with every query marked, then one overlay per query.
 
-    Each overlay is the query's attention map, upsampled to the image and laid over it, titled
-    with its mean attention distance. Returns the distances (pixels), one per query.
+    Each overlay lays the query's weights on the pooled keys over the image. All overlays share
+    one colour scale, from 0 to `vmax` (default: the largest weight any query of this layer puts
+    on a key, so the scale stays put while the query moves), with a colour bar marking the
+    even-spread level 1/M. Each title gives the query's largest weight and entropy, and its mean
+    attention distance beside what an even spread from that query would give.
+
+    `reference` (C, S, S): the sample G draws with its attention at full strength, when `view`
+    shows G's sample drawn with every γ scaled by `gamma_scale` (the explorer's γ control); a
+    last panel then shows where the two differ. Returns the mean distances, one per query.
     """
     picture, cmap = _as_picture(view.image)
-    axes = fig.subplots(1, len(queries) + 1, squeeze=False)[0]
+    n_panels = len(queries) + 1 + (reference is not None)
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    fig.set_layout_engine("constrained")
     axes[0].imshow(picture, cmap=cmap, vmin=0, vmax=1)
-    what = "image" if view.layer.startswith("G/") else "D's input"
-    axes[0].set_title(f"{what}\n{view.layer}, γ = {view.gamma:+.3f}", fontsize=9)
+    what = "G's sample" if view.layer.startswith("G/") else "D's input"
+    scaled = "" if gamma_scale == 1 else f", G's γ × {gamma_scale:g}"
+    axes[0].set_title(f"{what}{scaled}\n{view.layer}: γ = {view.gamma:+.3f}", fontsize=8)
+    vmax = vmax or float(view.attention.max())
     colours = plt.cm.tab10.colors
     distances = []
-    for i, (query, ax) in enumerate(zip(queries, axes[1:], strict=True)):
-        heat = view.heat(query)  # (S, S), sums to 1
+    for i, (query, ax) in enumerate(zip(queries, axes[1 : len(queries) + 1], strict=True)):
+        n = query_index(view.feature_size, query, view.image_size)
+        grid = key_weight_grid(view.attention, view.feature_size, n)  # (H/pool, W/pool)
         distances.append(view.distance(query))
         ax.imshow(picture, cmap=cmap, vmin=0, vmax=1)
-        ax.imshow(heat.numpy(), cmap="inferno", alpha=0.65)
+        shown = _draw_key_weights(ax, grid, view.image_size, vmax)
         for a in (axes[0], ax):
             a.plot(query[1], query[0], marker="x", markersize=10, mew=3, color=colours[i % 10])
-        ax.set_title(f"query {tuple(query)}\nmean distance {distances[-1]:.1f} px", fontsize=9)
+        ax.set_title(
+            f"query {tuple(query)}: {distances[-1]:.1f} px\n(even spread "
+            f"{view.uniform_distance(query):.1f} px)\n{weight_summary(grid)}",
+            fontsize=7,
+        )
+    if reference is not None:
+        change = (view.image - reference.float().cpu()).abs().amax(dim=0)  # (S, S), 0 to 2
+        axes[-1].imshow(change.numpy(), cmap="magma", vmin=0, vmax=2)
+        axes[-1].set_title(
+            f"|change| from γ × 1\n(0 black, 2 white)\nmean {float(change.mean()):.3f}", fontsize=7
+        )
     for ax in axes:
         ax.set_axis_off()
-    fig.tight_layout()
+    _weight_colorbar(fig, shown, axes[1 : len(queries) + 1], view.attention.shape[-1])
     return distances
 
 
@@ -556,16 +645,27 @@ def plot_attention_grid(
     discriminator: nn.Module | None = None,
     label: int | None = None,
     real_image: torch.Tensor | None = None,
+    vmax: float | None = None,
+    gamma_scale: float = 1.0,
 ) -> Figure:
     """The AttentionExplorer's picture for a fixed choice: its static twin.
 
     Generates the sample for `seed` (and class `label`), runs `layer` ('G/16x16', or 'D/16x16'
     with `discriminator`, on the sample or on `real_image`), and draws where each query
     (row, col in image pixels) looks, with its mean attention distance and the layer's γ.
+    `vmax` fixes the top of the colour scale (pass the same value to compare figures).
+    `gamma_scale` draws the sample with every γ of G multiplied by it (0: attention off), as
+    the explorer's γ control does, and adds a panel with the change from γ × 1.
     """
-    view = attention_view(generator, layer, seed, discriminator, label, real_image)
-    fig = plt.figure(figsize=(2.3 * (len(queries) + 1), 2.9))
-    draw_attention_grid(fig, view, queries)
+    view = attention_view(
+        generator, layer, seed, discriminator, label, real_image, gamma_scale=gamma_scale
+    )
+    reference = None
+    if gamma_scale != 1 and real_image is None:
+        reference = generate_with_attention(generator, seed, label)[0][0]  # (C, S, S)
+    n_panels = len(queries) + 1 + (reference is not None)
+    fig = plt.figure(figsize=(2.2 * n_panels + 0.8, 3.2))
+    draw_attention_grid(fig, view, queries, vmax, reference, gamma_scale)
     return fig
 
 
@@ -596,15 +696,21 @@ def plot_sequence_attention_layers(
     """
     maps = {name: as_head_maps(w) for name, w in weights.items()}
     n_cols = max(w.shape[0] for w in maps.values())
+    vmax = max(float(w.max()) for w in maps.values())  # one colour scale for every panel
     side = 0.3 * max(len(tokens), len(key_tokens or tokens)) + 1.5
     fig, axes = plt.subplots(
-        len(maps), n_cols, figsize=(side * n_cols, side * len(maps)), squeeze=False
-    )
+        len(maps), n_cols, figsize=(side * n_cols + 0.8, (side + 0.4) * len(maps)),
+        squeeze=False, layout="constrained",
+    )  # fmt: skip
     for row, (name, heads) in zip(axes, maps.items(), strict=True):
         for h, ax in enumerate(row):
             if h < heads.shape[0]:
-                plot_sequence_attention(heads[h], tokens, key_tokens, [f"{name}, head {h}"], ax=ax)
+                plot_sequence_attention(
+                    heads[h], tokens, key_tokens, [f"{name}, head {h}"], ax=ax, vmax=vmax,
+                    colorbar=False,
+                )  # fmt: skip
             else:
                 ax.set_axis_off()  # this layer has fewer heads than the widest one
-    fig.tight_layout()
+    num_keys = len(key_tokens or tokens)
+    _weight_colorbar(fig, axes[0, 0].get_images()[0], axes.ravel(), num_keys, "attention weight")
     return fig

@@ -93,9 +93,16 @@ class _Explorer:
 class AttentionExplorer(_Explorer):
     """Pick an attention layer of G or D, a sample and a query pixel; see where the query looks.
 
-    Left: the image with the query marked. Right: the query's attention map, upsampled and laid
-    over the image. Below: γ of the layer and the query's mean attention distance (how far, in
-    image pixels, it looks on average), beside what an even spread over the image would give.
+    Left: the image with the query marked. Right: the query's weights on the pooled keys, laid
+    over the image, on one colour scale per layer and sample (the colour bar marks the even
+    spread 1/M), with the query's largest weight and entropy. Below: γ of the layer and the
+    query's mean attention distance (how far, in image pixels, it looks on average), beside what
+    an even spread from the same query would give.
+
+    The "G's γ ×" slider multiplies every γ of G while it draws the sample (0 switches G's
+    attention off, y = x + 0·o): the picture then gains a panel with how much each pixel changed
+    from the sample at γ × 1, so you see what attention changes. Its static twin is
+    `viz.plot_attention_grid(..., gamma_scale=s)`.
 
     Args:
         generator: a `sagan_edu.models.Generator` (or anything with z_dim, num_classes,
@@ -107,6 +114,7 @@ class AttentionExplorer(_Explorer):
         layer: the layer to start on, e.g. "G/16x16" (default: G's first).
         seed: the sample to start on.
         query: the (row, col) to start on, in image pixels (default: the centre).
+        gamma_scale: the γ multiplier to start on (1: the model as trained).
     """
 
     def __init__(
@@ -117,6 +125,7 @@ class AttentionExplorer(_Explorer):
         layer: str | None = None,
         seed: int = 0,
         query: tuple[int, int] | None = None,
+        gamma_scale: float = 1.0,
     ):
         self.generator = generator
         self.discriminator = discriminator
@@ -128,8 +137,8 @@ class AttentionExplorer(_Explorer):
             )
         size = generator.img_size
         row, col = query if query is not None else (size // 2, size // 2)
-        self._samples = _Cache()  # (seed, label) -> G's image and attention maps
-        self._d_maps = _Cache()  # (seed, label, source) -> D's image and attention maps
+        self._samples = _Cache()  # (seed, label, γ scale) -> G's image and attention maps
+        self._d_maps = _Cache()  # (seed, label, γ scale, source) -> D's image and attention maps
 
         # -- the controls -----------------------------------------------------------------------
         self.layer = widgets.Dropdown(options=layers, value=layer or layers[0], description="layer")
@@ -154,7 +163,11 @@ class AttentionExplorer(_Explorer):
         slider = {"min": 0, "max": size - 1, "continuous_update": False}
         self.row = widgets.IntSlider(value=row, description="query row", **slider)
         self.col = widgets.IntSlider(value=col, description="query col", **slider)
-        self.picture = widgets.Image(format="png", layout={"width": "560px"})
+        self.gamma_scale = widgets.FloatSlider(
+            value=gamma_scale, min=-1.0, max=3.0, step=0.25, description="G's γ ×",
+            continuous_update=False, readout_format=".2f",
+        )  # fmt: skip
+        self.picture = widgets.Image(format="png")
         self.summary = widgets.HTML()
         self.log = widgets.Output()
 
@@ -164,6 +177,7 @@ class AttentionExplorer(_Explorer):
                 widgets.HBox([self.layer, *optional]),
                 widgets.HBox([self.seed, self.new_sample]),
                 widgets.HBox([self.row, self.col]),
+                self.gamma_scale,
                 self.picture,
                 self.summary,
                 self.log,
@@ -173,13 +187,14 @@ class AttentionExplorer(_Explorer):
             (self.widget, "sagan-explorer"), (self.layer, "sagan-layer"),
             (self.seed, "sagan-seed"), (self.new_sample, "sagan-new-sample"),
             (self.row, "sagan-query-row"), (self.col, "sagan-query-col"),
+            (self.gamma_scale, "sagan-gamma-scale"),
             (self.picture, "sagan-overlay"), (self.summary, "sagan-summary"),
             (self.label, "sagan-class"), (self.source, "sagan-d-input"),
         ):  # fmt: skip
             if w is not None:
                 w.add_class(css)
 
-        for w in (self.layer, self.seed, self.row, self.col, *optional):
+        for w in (self.layer, self.seed, self.row, self.col, self.gamma_scale, *optional):
             w.observe(self._on_change, names="value")
         self.new_sample.on_click(self._next_sample)
         self.redraw()
@@ -192,18 +207,34 @@ class AttentionExplorer(_Explorer):
 
     def view(self) -> viz.AttentionView:
         """The current image and the chosen layer's attention on it (computed once, then cached)."""
-        layer, seed = self.layer.value, self.seed.value
+        layer, seed, scale = self.layer.value, self.seed.value, self.gamma_scale.value
         label = None if self.label is None else self.label.value
-        image, g_maps = self._samples.get(
-            (seed, label), lambda: viz.generate_with_attention(self.generator, seed, label)
-        )
+        image, g_maps = self._sample(seed, label, scale)
         if layer.startswith("G/"):
             return viz.make_attention_view(layer, image, g_maps, self.generator)
         source = "generated" if self.source is None else self.source.value
         d_image, d_maps = self._d_maps.get(
-            (seed, label, source), lambda: self._discriminator_pass(image, seed, label, source)
+            (seed, label, scale, source),
+            lambda: self._discriminator_pass(image, seed, label, source),
         )
         return viz.make_attention_view(layer, d_image, d_maps, self.discriminator)
+
+    def reference(self) -> torch.Tensor | None:
+        """G's sample at γ × 1 (C, S, S) when the γ control scales attention, else None."""
+        if self.gamma_scale.value == 1 or self._shows_real_image():
+            return None
+        label = None if self.label is None else self.label.value
+        return self._sample(self.seed.value, label, 1.0)[0][0]
+
+    def _sample(self, seed: int, label, scale: float):
+        return self._samples.get(
+            (seed, label, scale),
+            lambda: viz.generate_with_attention(self.generator, seed, label, scale),
+        )
+
+    def _shows_real_image(self) -> bool:
+        is_d = self.layer.value.startswith("D/")
+        return is_d and self.source is not None and self.source.value == "real"
 
     def _discriminator_pass(self, generated: torch.Tensor, seed: int, label, source: str):
         if source == "real":
@@ -216,9 +247,14 @@ class AttentionExplorer(_Explorer):
         is_d = self.layer.value.startswith("D/")
         if self.source is not None:
             self.source.disabled = not is_d  # G's layers always look at G's own sample
-        view = self.view()
-        fig = Figure(figsize=(5.6, 3.2), dpi=100)
-        (distance,) = viz.draw_attention_grid(fig, view, [self.query])
+        view, reference = self.view(), self.reference()
+        width = 5.2 if reference is None else 7.4  # the change panel needs room
+        fig = Figure(figsize=(width, 3.3), dpi=100)
+        self.picture.layout.width = f"{round(width * 100)}px"
+        scale = 1.0 if self._shows_real_image() else self.gamma_scale.value  # G made no image
+        (distance,) = viz.draw_attention_grid(
+            fig, view, [self.query], reference=reference, gamma_scale=scale
+        )
         self.mean_distance = distance
         self.summary.value = self._summary(view, distance)
         self._show(fig, started)
@@ -231,10 +267,13 @@ class AttentionExplorer(_Explorer):
             what = f"real image #{self.seed.value % len(self.real_images)}"
         else:
             what = "G's sample, judged by D"
+        scale = self.gamma_scale.value
+        if scale != 1 and not self._shows_real_image():
+            what += f" drawn with G's γ × {scale:g}" + (" (attention off)" if scale == 0 else "")
         return (
             f"<b>{html.escape(view.layer)}</b> on {what}: γ = {view.gamma:+.3f}. "
             f"Query {self.query} looks <b>{distance:.1f} px</b> away on average "
-            f"(an even spread over the image would give {uniform:.1f} px; "
+            f"(an even spread from this query would give {uniform:.1f} px; "
             f"the image is {view.image_size[1]} px wide)."
         )
 

@@ -2,9 +2,9 @@
 
 Starts JupyterLab on 127.0.0.1 (fresh settings, runtime and data folders, fast mode), drives
 Debian's Chromium with Playwright, opens notebooks/09_inspecting_attention.ipynb, runs every cell
-from the Run menu, moves the explorer's query slider and checks that the overlay picture changes,
-and that the browser console shows no widget errors. A screenshot is saved under the test's
-tmp_path (its path is printed).
+from the Run menu, moves the first explorer's query slider and then its γ slider and checks that
+the overlay picture changes each time, and that the browser console shows no widget errors. A
+screenshot is saved under the test's tmp_path (its path is printed).
 
     pytest tests/test_browser.py -s          # just this test, with its report
     pytest -m "not browser"                  # everything else
@@ -267,14 +267,14 @@ def _error_outputs(page) -> list[str]:
     )
 
 
-def _move_slider(page, slider_class: str, presses: int) -> str:
-    """Move an ipywidgets slider with the keyboard, as a user can; return its new readout."""
-    slider = page.locator(f".{slider_class}")
+def _move_slider(explorer, slider_class: str, presses: int, key: str = "ArrowRight") -> str:
+    """Move a slider of `explorer` with the keyboard, as a user can; return its new readout."""
+    slider = explorer.locator(f".{slider_class}")
     handle = slider.locator(".noUi-handle")
     handle.scroll_into_view_if_needed()
     handle.click()  # focus; clicking the handle itself does not move it
     for _ in range(presses):
-        handle.press("ArrowRight")
+        handle.press(key)
     return slider.locator(".widget-readout").inner_text()
 
 
@@ -314,7 +314,7 @@ def test_attention_explorer_in_jupyterlab(lab: Lab, page, tmp_path):
             + "\n".join(_error_outputs(page))
         )
 
-        explorer = page.locator(".sagan-explorer")
+        explorer = page.locator(".sagan-explorer").first  # the digits explorer (a second follows)
         explorer.wait_for(state="visible", timeout=REDRAW_S * 1000)
         explorer.scroll_into_view_if_needed()
         picture = explorer.locator("img.sagan-overlay")
@@ -325,7 +325,7 @@ def test_attention_explorer_in_jupyterlab(lab: Lab, page, tmp_path):
         before = picture.evaluate(IMAGE_DIGEST_JS)
         phases["explorer drawn"] = time.monotonic() - started
 
-        readout = _move_slider(page, "sagan-query-row", presses=8)
+        readout = _move_slider(explorer, "sagan-query-row", presses=8)
         assert readout == "18", f"the row slider reads {readout!r} after 8 steps from 10"
         after = _wait_for_new_picture(picture, before)
         assert after != before, (
@@ -334,6 +334,14 @@ def test_attention_explorer_in_jupyterlab(lab: Lab, page, tmp_path):
         )
         expect(explorer.locator(".sagan-summary")).to_contain_text("Query (18, 16)")
         phases["redrawn after the slider moved"] = time.monotonic() - started
+
+        # The γ control: from 1.00 down 4 steps of 0.25 switches G's attention off.
+        readout = _move_slider(explorer, "sagan-gamma-scale", presses=4, key="ArrowLeft")
+        assert readout == "0.00", f"the γ slider reads {readout!r} after 4 steps down from 1.00"
+        off = _wait_for_new_picture(picture, after)
+        assert off != after, f"the picture did not change within {REDRAW_S} s of setting γ × 0"
+        expect(explorer.locator(".sagan-summary")).to_contain_text("(attention off)")
+        phases["redrawn with attention off"] = time.monotonic() - started
         _wait_for_kernel_idle(page)  # every redraw done: the screenshot shows the final picture
 
         errors = _widget_errors(page.console_log)

@@ -643,11 +643,26 @@ def test_a_wrong_answer_fails_and_says_why(check, answer, message):
         check(answer)
 
 
+# Exercises 1-10; tests/test_checks_new_exercises.py tests the checks of the other modules.
+MODULES = {
+    "attention_weights_and_masks",
+    "heads_and_the_sagan_block",
+    "spectral_norm_and_hinge_loss",
+    "training_steps_and_ema",
+    "frechet_distance_and_attention_maps",
+}
+
+
 def test_every_check_is_tested_on_right_and_wrong_answers():
-    all_checks = {getattr(checks, n) for n in checks.__all__ if n.startswith("check_")}
+    all_checks = {
+        check
+        for n in checks.__all__
+        if n.startswith("check_")
+        and (check := getattr(checks, n)).__module__.rsplit(".", 1)[-1] in MODULES
+    }
     assert set(RIGHT) == all_checks
     for check in all_checks:
-        planted = sum(c is check for c, _, _ in WRONG)
+        planted = sum(c is check for c, _, _ in WRONG + MORE_WRONG)
         assert planted >= 2, f"{check.__name__} has only {planted} planted wrong answers"
 
 
@@ -687,3 +702,402 @@ def test_checks_leave_the_callers_random_state_alone():
     checks.check_self_attention_2d(Block)
     checks.check_generator_step(generator_step)
     assert torch.equal(torch.rand(3), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# More planted mistakes: the ones students make that an outside review found, and others like
+# them. Each message must name the mistake, not only say that something differs.
+# ---------------------------------------------------------------------------------------------
+
+
+def sdpa_in_place(q, k, v):
+    w = torch.softmax(scores(q, k), dim=-1)
+    w *= 1.0  # softmax's backward needs its output: autograd refuses this in-place change
+    return w @ v, w
+
+
+def masked_in_place_weights(q, k, v, mask):
+    s = scores(q, k)
+    mask = mask.expand(s.shape)
+    attends = mask.any(dim=-1, keepdim=True)
+    w = torch.softmax(s.masked_fill(~(mask | ~attends), float("-inf")), dim=-1)
+    w *= attends  # the in-place version of w = w * attends
+    return w @ v, w
+
+
+def masked_empty_rows_along(dim, keepdim=True):
+    def wrong(q, k, v, mask):
+        s = scores(q, k)
+        mask = mask.expand(s.shape)
+        attends = mask.any(dim=dim, keepdim=keepdim)
+        w = torch.softmax(s.masked_fill(~(mask | ~attends), float("-inf")), dim=-1) * attends
+        return w @ v, w
+
+    return wrong
+
+
+def masked_rewrites_mask(expand):
+    def wrong(q, k, v, mask):
+        s = scores(q, k)
+        if expand:
+            mask = mask.expand(s.shape)
+        attends = mask.any(dim=-1, keepdim=True)
+        mask |= ~attends  # writes into the caller's mask
+        w = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1) * attends
+        return w @ v, w
+
+    return wrong
+
+
+def sn_with(normalise_v=True, sigma_from_old_u=False, extra=0, detach_sigma=False, exact=False):
+    def wrong(weight, u, n_iterations=1):
+        w = weight.flatten(1)
+        u0 = u
+        with torch.no_grad():
+            v = F.normalize(w.t() @ u, dim=0)
+            for _ in range(n_iterations + extra):
+                v = w.t() @ u
+                v = F.normalize(v, dim=0) if normalise_v else v
+                u = F.normalize(w @ v, dim=0)
+        if exact:
+            return weight / torch.linalg.matrix_norm(w, ord=2), u
+        sigma = torch.dot(u0 if sigma_from_old_u else u, w @ v)
+        return weight / (sigma.detach() if detach_sigma else sigma), u
+
+    return wrong
+
+
+def sn_default_normalize_dim(weight, u, n_iterations=1):
+    w = weight.flatten(1)
+    with torch.no_grad():
+        for _ in range(n_iterations):
+            v = F.normalize(w.t() @ u)  # dim=1 by default: out of range for a vector
+            u = F.normalize(w @ v)
+    return weight / torch.dot(u, w @ v), u
+
+
+def d_step_with(g_eval=False, loss="hinge"):
+    def wrong(G, D, opt_d, real, z):
+        if g_eval:
+            G.eval()  # and never G.train() again
+        with torch.no_grad():
+            fake = G(z)
+        r, f = D(real), D(fake)
+        if loss == "bce":
+            value = F.softplus(-r).mean() + F.softplus(f).mean()
+        elif loss == "no relu":
+            value = (1 - r).mean() + (1 + f).mean()
+        else:
+            value = d_hinge_loss(r, f)
+        opt_d.zero_grad()
+        value.backward()
+        opt_d.step()
+        return value
+
+    return wrong
+
+
+def g_step_with(d_eval=False, fresh_noise=False, loss="hinge", zero_grad_after=False):
+    def wrong(G, D, opt_g, z):
+        if d_eval:
+            D.eval()  # "freezing" D, and never D.train() again
+        logits = D(G(torch.randn_like(z) if fresh_noise else z))
+        value = {
+            "hinge": lambda: -logits.mean(),
+            "non-saturating": lambda: F.softplus(-logits).mean(),
+            "saturating": lambda: -F.softplus(logits).mean(),
+        }[loss]()
+        if not zero_grad_after:
+            opt_g.zero_grad()
+        value.backward()
+        if zero_grad_after:
+            opt_g.zero_grad()
+        opt_g.step()
+        return value
+
+    return wrong
+
+
+def d_step_stepping_first(G, D, opt_d, real, z):
+    with torch.no_grad():
+        fake = G(z)
+    loss = d_hinge_loss(D(real), D(fake))
+    opt_d.step()  # too early: the .grad still holds the last step's gradients
+    opt_d.zero_grad()
+    loss.backward()
+    return loss
+
+
+def fd_real_part_then_sqrt(a, b):
+    a, b = a.double(), b.double()
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    trace_sqrt = torch.linalg.eigvals(cov_a @ cov_b).real.sqrt().sum()  # NaN for tiny λ < 0
+    mean = ((a.mean(0) - b.mean(0)) ** 2).sum()
+    return (mean + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt).item()
+
+
+def sn_v_from_new_u(weight, u, n_iterations=1):
+    w = weight.flatten(1)
+    with torch.no_grad():
+        for _ in range(n_iterations):
+            u = F.normalize(w @ F.normalize(w.t() @ u, dim=0), dim=0)
+        v = F.normalize(w.t() @ u, dim=0)  # half an iteration more
+    return weight / torch.dot(u, w @ v), u
+
+
+def query_map_bicubic(attention, feature_size, query, image_size=None):
+    H, W = feature_size
+    B, N, M = attention.shape
+    p = round(math.sqrt(N / M))
+    rows, cols = image_size or (H, W)
+    n = (query[0] * H // rows) * W + query[1] * W // cols
+    grid = attention[:, n].reshape(B, 1, H // p, W // p)
+    up = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)[:, 0]
+    return up / up.sum(dim=(1, 2), keepdim=True)
+
+
+def query_map_rule(rule):
+    def wrong(attention, feature_size, query, image_size=None):
+        H, W = feature_size
+        B, N, M = attention.shape
+        p = round(math.sqrt(N / M))
+        rows, cols = image_size or (H, W)
+        r, c = query
+        r, c = {
+            "round": (round(r * H / rows), round(c * W / cols)),
+            "inverted": (r * rows // H, c * cols // W),
+            "swapped": (c * H // rows, r * W // cols),
+        }[rule]
+        grid = attention[:, r * W + c].reshape(B, 1, H // p, W // p)
+        up = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False)[:, 0]
+        return up / up.sum(dim=(1, 2), keepdim=True)
+
+    return wrong
+
+
+MORE_WRONG = [
+    (W.check_attention_weights, lambda q, k: attention_weights(q, k).squeeze(), r"\.squeeze\(\)"),
+    (
+        W.check_attention_weights,
+        lambda q, k: torch.softmax(q @ k.mT / math.sqrt(k.shape[-2]), dim=-1),
+        "the number of keys Lk",
+    ),
+    (W.check_scaled_dot_product_attention, sdpa_in_place, r"w = w \* …"),
+    (W.check_masked_attention, masked_in_place_weights, r"w = w \* …"),
+    (W.check_masked_attention, masked_empty_rows_along(-2), r"mask\.any\(dim=-2\)"),
+    (W.check_masked_attention, masked_empty_rows_along(-1, keepdim=False), "keepdim=True"),
+    (W.check_masked_attention, masked_rewrites_mask(expand=False), "changed argument 4"),
+    (W.check_masked_attention, masked_rewrites_mask(expand=True), r"mask = mask \| …"),
+    (
+        W.check_self_attention_2d,
+        block_with(pool_fn=staticmethod(lambda t, p: F.max_pool2d(t, p, stride=1))),
+        "stride 1",
+    ),
+    (W.check_spectral_normalise, sn_with(normalise_v=False), "v is not normalised"),
+    (W.check_spectral_normalise, sn_with(sigma_from_old_u=True), "the u you were given, not"),
+    (W.check_spectral_normalise, sn_with(extra=1), "2 power iterations for n_iterations=1"),
+    (W.check_spectral_normalise, sn_with(extra=-1), "u not updated before σ"),
+    (W.check_spectral_normalise, sn_with(detach_sigma=True), "σ is detached"),
+    (W.check_spectral_normalise, sn_with(exact=True), "exact largest singular value"),
+    (W.check_spectral_normalise, sn_default_normalize_dim, "dim=0"),
+    (W.check_spectral_normalise, sn_v_from_new_u, "half an iteration more"),
+    (
+        W.check_spectral_normalise,
+        lambda w, u, n=1: (w.div_(torch.linalg.matrix_norm(w.flatten(1), ord=2)), u),
+        "changed argument 1",
+    ),
+    (
+        W.check_d_hinge_loss,
+        lambda r, f: F.relu(1 - r.mean()) + F.relu(1 + f.mean()),
+        "relu to the batch means",
+    ),
+    (
+        W.check_d_hinge_loss,
+        lambda r, f: F.softplus(-r).mean() + F.softplus(f).mean(),
+        "binary cross-entropy",
+    ),
+    (
+        W.check_d_hinge_loss,
+        lambda r, f: F.relu(torch.cat([1 - r, 1 + f])).mean(),
+        "one mean",
+    ),
+    (W.check_g_hinge_loss, lambda f: F.relu(1 + f).mean(), "discriminator's fake term"),
+    (W.check_g_hinge_loss, lambda f: -f.mean().item(), r"no \.item\(\)"),
+    (W.check_discriminator_step, d_step_with(g_eval=True), "left G in eval mode"),
+    (W.check_discriminator_step, d_step_with(loss="bce"), "non-saturating"),
+    (W.check_discriminator_step, d_step_with(loss="no relu"), "has no relu"),
+    (W.check_discriminator_step, d_step_stepping_first, r"must come after loss\.backward"),
+    (W.check_generator_step, g_step_with(d_eval=True), "left D in eval mode"),
+    (W.check_generator_step, g_step_with(fresh_noise=True), "fresh noise"),
+    (W.check_generator_step, g_step_with(loss="non-saturating"), "non-saturating"),
+    (W.check_generator_step, g_step_with(loss="saturating"), "minimax"),
+    (W.check_generator_step, g_step_with(zero_grad_after=True), "in this order"),
+    (W.check_frechet_distance, fd_real_part_then_sqrt, "tiny negative"),
+    (W.check_frechet_distance, fd_with(cov=lambda t: torch.cov(t)), "each ROW"),
+    (W.check_frechet_distance, fd_with(mean_term=lambda d: (d**2).mean()), "mean of the squared"),
+    (
+        W.check_frechet_distance,
+        fd_with(trace_sqrt=lambda x, y: torch.linalg.eigvalsh(x @ y).clamp(min=0).sqrt().sum()),
+        "eigvalsh assumes",
+    ),
+    (W.check_query_attention_map, query_map_rule("round"), "rounded"),
+    (W.check_query_attention_map, query_map_bicubic, "bicubic"),
+    (W.check_query_attention_map, query_map_rule("inverted"), "rows / H"),
+    (W.check_query_attention_map, query_map_rule("swapped"), r"as \(x, y\)"),
+]
+
+
+@pytest.mark.parametrize(
+    "check, answer, message",
+    MORE_WRONG,
+    ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(MORE_WRONG)],
+)
+def test_more_wrong_answers_fail_and_say_why(check, answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        check(answer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Other right answers: a check must accept every correct formulation, not only the library's
+# ---------------------------------------------------------------------------------------------
+
+
+def stable_softmax_weights(q, k):
+    s = torch.einsum("...id,...jd->...ij", q, k) * q.shape[-1] ** -0.5
+    e = (s - s.amax(dim=-1, keepdim=True)).exp()
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def masked_with_finfo_min(q, k, v, mask):
+    s = q @ k.mT / math.sqrt(q.shape[-1])
+    attends = mask.expand(s.shape).any(dim=-1, keepdim=True)
+    w = torch.softmax(s.masked_fill(~mask, torch.finfo(s.dtype).min), dim=-1)
+    w = torch.where(attends, w, torch.zeros_like(w))
+    return w @ v, w
+
+
+def sn_sigma_as_norm(weight, u, n_iterations=1):
+    w = weight.reshape(weight.shape[0], -1)
+    with torch.no_grad():
+        for _ in range(n_iterations):
+            v = w.T @ u
+            v = v / v.norm()
+            u = w @ v
+            u = u / u.norm()
+    return weight / (u @ w @ v), u
+
+
+def sn_updating_u_in_place(weight, u, n_iterations=1):
+    """Like SpectralNorm's buffer: the u passed in is updated in place, and returned."""
+    w = weight.flatten(1)
+    with torch.no_grad():
+        for _ in range(n_iterations):
+            v = F.normalize(w.t() @ u, dim=0)
+            u.copy_(F.normalize(w @ v, dim=0))
+    return weight / torch.dot(u, w @ v), u
+
+
+def d_step_separate_calls(G, D, opt_d, real, z):
+    G.eval()
+    fake = G(z).detach()
+    G.train()
+    loss = F.relu(1 - D(real)).mean() + F.relu(1 + D(fake)).mean()
+    opt_d.zero_grad(set_to_none=False)
+    loss.backward()
+    opt_d.step()
+    return float(loss.detach())
+
+
+def g_step_freezing_d(G, D, opt_g, z):
+    D.requires_grad_(False)
+    loss = -D(G(z)).mean()
+    opt_g.zero_grad()
+    loss.backward()
+    opt_g.step()
+    D.requires_grad_(True)
+    return loss.detach()
+
+
+@torch.no_grad()
+def ema_by_state_dict(ema_model, model, decay):
+    params = dict(model.named_parameters())
+    for name, value in ema_model.state_dict().items():
+        if name in params:
+            value.lerp_(params[name], 1 - decay)
+        else:
+            value.copy_(model.state_dict()[name])
+
+
+def fd_by(trace_sqrt):
+    return fd_with(trace_sqrt=trace_sqrt)
+
+
+def fd_scipy(a, b):
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    a, b = a.double(), b.double()
+    cov_a, cov_b = torch.cov(a.T).numpy(), torch.cov(b.T).numpy()
+    trace_sqrt = scipy_linalg.sqrtm(cov_a @ cov_b).real.trace()
+    mean = ((a.mean(0) - b.mean(0)) ** 2).sum().item()
+    return mean + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt
+
+
+def query_map_truncating(attention, feature_size, query, image_size=None):
+    H, W = feature_size
+    B, N, M = attention.shape
+    p = int(math.sqrt(N // M))
+    rows, cols = image_size or (H, W)
+    r, c = int(query[0] * H / rows), int(query[1] * W / cols)
+    grid = attention[:, r * W + c].view(B, 1, H // p, W // p)
+    up = F.interpolate(grid, size=(rows, cols), mode="bilinear")[:, 0]
+    return up / up.sum(dim=(-2, -1), keepdim=True)
+
+
+ALTERNATIVES = [
+    (W.check_attention_weights, stable_softmax_weights),
+    (W.check_attention_weights, lambda q, k: F.softmax(q @ k.mT * q.shape[-1] ** -0.5, -1)),
+    (
+        W.check_scaled_dot_product_attention,
+        lambda q, k, v: (F.scaled_dot_product_attention(q, k, v), attention_weights(q, k)),
+    ),
+    (W.check_masked_attention, masked_with_finfo_min),
+    (
+        W.check_split_heads,
+        lambda x, h: x.reshape(x.shape[0], x.shape[1], h, -1).permute(0, 2, 1, 3),
+    ),
+    (W.check_split_heads, lambda x, h: torch.stack(x.chunk(h, dim=-1), dim=1)),
+    (W.check_merge_heads, lambda x: torch.cat(x.unbind(1), dim=-1)),
+    (W.check_spectral_normalise, sn_sigma_as_norm),
+    (W.check_spectral_normalise, sn_updating_u_in_place),
+    (W.check_d_hinge_loss, lambda r, f: (1 - r).clamp(min=0).mean() + (1 + f).clamp(min=0).mean()),
+    (W.check_g_hinge_loss, lambda f: -(f.sum() / f.numel())),
+    (W.check_discriminator_step, d_step_separate_calls),
+    (W.check_generator_step, g_step_freezing_d),
+    (W.check_update_ema, ema_by_state_dict),
+    (W.check_frechet_distance, fd_scipy),
+    (
+        W.check_frechet_distance,
+        fd_by(lambda x, y: torch.linalg.eigvals(x @ y).real.clamp(min=0).sqrt().sum()),
+    ),
+    (
+        W.check_frechet_distance,
+        fd_by(lambda x, y: torch.linalg.svdvals(sqrtm(x) @ sqrtm(y)).sum()),
+    ),
+    (W.check_query_attention_map, query_map_truncating),
+]
+
+
+@pytest.mark.parametrize(
+    "check, answer", ALTERNATIVES, ids=[f"{name(c)}-{i}" for i, (c, _) in enumerate(ALTERNATIVES)]
+)
+def test_other_right_answers_pass(check, answer, capsys):
+    check(answer)
+    assert f"✅ {check.__name__} passed" in capsys.readouterr().out
+
+
+def test_no_raw_exception_escapes_a_check():
+    def returns_a_string(*args):
+        return "not a tensor"
+
+    for check in RIGHT:
+        with pytest.raises(CheckFailed):
+            check(returns_a_string)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import matplotlib
 import matplotlib.pyplot as plt
 import pytest
 import torch
 
 import sagan_edu.attention as attention_module
 from sagan_edu.attention import SelfAttention2d
-from sagan_edu.diagrams import sagan_block_diagram, sagan_block_shapes, training_step_diagram
+from sagan_edu.diagrams import (
+    GRADIENT_PATH_COLOUR,
+    gradient_path_diagram,
+    sagan_block_diagram,
+    sagan_block_shapes,
+    training_step_diagram,
+)
 
 
 @pytest.mark.parametrize(("channels", "height", "width"), [(64, 16, 16), (32, 8, 12)])
@@ -63,3 +70,34 @@ def test_training_step_diagram_names_both_losses_and_the_ema_only_when_asked():
     fig = training_step_diagram()
     assert "G_ema" not in texts(fig)
     plt.close(fig)
+
+
+def _red_arrows(ax) -> int:
+    """How many arrows of `ax` are drawn in the gradient-path colour."""
+    colour = matplotlib.colors.to_rgba(GRADIENT_PATH_COLOUR)
+    return sum(
+        1
+        for a in ax.texts
+        if isinstance(a, matplotlib.text.Annotation)
+        and a.arrow_patch is not None
+        and matplotlib.colors.to_rgba(a.arrow_patch.get_edgecolor()) == colour
+    )
+
+
+@pytest.mark.parametrize("length", [2, 6, 9])
+def test_gradient_path_has_length_plus_one_edges_through_the_lstm_and_two_through_attention(
+    length,
+):
+    fig = gradient_path_diagram(length)
+    ax_rnn, ax_att = fig.axes
+    # x₀ → h₀, then h₀ → h₁ … h_{L-2} → h_{L-1} (L - 1 recurrent steps), then h_{L-1} → loss.
+    assert _red_arrows(ax_rnn) == 1 + (length - 1) + 1
+    assert _red_arrows(ax_att) == 2  # x₀ → attention at "?" → loss
+    arrows = [a for a in ax_att.texts if isinstance(a, matplotlib.text.Annotation)]
+    assert len(arrows) == length + 1, "every token feeds the attention directly, plus the loss"
+    plt.close(fig)
+
+
+def test_gradient_path_needs_two_positions():
+    with pytest.raises(ValueError, match="at least 2"):
+        gradient_path_diagram(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import nbformat
@@ -13,6 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 WITH_PARAMETERS = [
     ROOT / "notebooks" / name
     for name in (
+        "00_start_here.ipynb",
+        "01_scaled_dot_product_attention.ipynb",
+        "02_self_and_multihead_attention.ipynb",
+        "03_attention_vs_recurrence.ipynb",
+        "04_cost_of_attention.ipynb",
         "05_self_attention_for_images.ipynb",
         "06_gan_fundamentals.ipynb",
         "07_stabilising_gans.ipynb",
@@ -47,6 +53,27 @@ def test_parameters_cell_only_assigns_names_that_later_cells_use(path):
     assert not unused, (
         f"parameters no later cell uses (overriding them would change nothing): {unused}"
     )
+
+
+# Notebooks that keep every pick(fast=..., full=...) in their parameters cell.
+ALL_PICKS_IN_PARAMETERS = WITH_PARAMETERS[:5]  # 00 … 04
+
+
+@pytest.mark.parametrize(
+    "path", ALL_PICKS_IN_PARAMETERS, ids=[p.name for p in ALL_PICKS_IN_PARAMETERS]
+)
+def test_every_fast_or_full_setting_is_a_parameter(path):
+    # A pick(fast=..., full=...) anywhere else is a setting papermill cannot reach.
+    cells = nbformat.read(path, as_version=4).cells
+    index = parameters_cell(cells)
+    setup = next(i for i, c in enumerate(cells) if c.source.startswith("# Setup:"))
+    assert index > setup, "the parameters cell comes after the setup cell, which imports pick"
+    elsewhere = [
+        i
+        for i, c in enumerate(cells)
+        if c.cell_type == "code" and i != index and re.search(r"\bpick\(", c.source)
+    ]
+    assert not elsewhere, f"cells {elsewhere} call pick(); move those settings to the parameters"
 
 
 @pytest.mark.slow

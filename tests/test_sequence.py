@@ -1,7 +1,10 @@
-"""Tests of sagan_edu.sequence: the toy tasks, the three sequence models, and the training loop."""
+"""Tests of sagan_edu.sequence: the toy tasks, the four sequence models, and the training loop."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -9,13 +12,19 @@ from sagan_edu.sequence import (
     IGNORE,
     AttentionClassifier,
     LSTMClassifier,
+    MeanPoolClassifier,
     TokenClassifier,
     accuracy,
     context_task,
+    gradient_norm,
     long_range_task,
     loss_on,
+    nearest_topic_task,
     train_classifier,
 )
+
+RIVER = {"river", "fish", "boat", "water", "shore"}
+MONEY = {"money", "loan", "cash", "account", "deposit"}
 
 
 def test_context_task_is_deterministic_and_labels_only_bank():
@@ -59,11 +68,47 @@ def test_long_range_task_answer_is_the_first_token():
     assert torch.equal(task.tokens, long_range_task(100, length=20, num_classes=3, seed=1).tokens)
 
 
+def test_nearest_topic_task_label_is_the_nearer_topic_word():
+    task = nearest_topic_task(300, length=10, seed=2)
+    assert task.tokens.shape == task.targets.shape == (300, 10)
+    assert task.classes == ["river", "money"]
+    for i in range(len(task)):  # a plain Python reading of each sentence
+        words = task.words(i)
+        assert words.count("bank") == 1
+        river = [j for j, w in enumerate(words) if w in RIVER]
+        money = [j for j, w in enumerate(words) if w in MONEY]
+        assert len(river) == len(money) == 1, "exactly one word of each topic"
+        bank = words.index("bank")
+        d_river, d_money = abs(river[0] - bank), abs(money[0] - bank)
+        assert d_river != d_money, "never a tie"
+        labelled = [j for j in range(10) if task.targets[i, j] != IGNORE]
+        assert labelled == [bank]
+        assert task.classes[task.targets[i, bank]] == ("river" if d_river < d_money else "money")
+    labels = task.targets[task.targets != IGNORE]
+    assert 0.35 < labels.float().mean() < 0.65, "both classes about equally often"
+    assert torch.equal(task.tokens, nearest_topic_task(300, length=10, seed=2).tokens)
+
+
+def test_long_range_task_with_random_position():
+    task = long_range_task(400, length=12, num_classes=4, seed=0, random_position=True)
+    is_class = task.tokens < 4  # (N, L): class tokens are ids 0 … 3
+    assert (is_class.sum(dim=1) == 1).all(), "one class token per sequence"
+    where = is_class.float().argmax(dim=1)
+    assert torch.equal(task.tokens[torch.arange(400), where], task.targets[:, -1])
+    assert (task.tokens[:, -1] == task.vocab.index("?")).all()
+    counts = np.bincount(where.numpy(), minlength=12)
+    assert counts[11] == 0 and (counts[:11] > 0).all(), "every position but the last is used"
+    first = long_range_task(400, length=12, num_classes=4, seed=0)
+    assert (first.tokens[:, 0] < 4).all() and not (task.tokens[:, 0] < 4).all()
+
+
 def test_task_arguments_are_checked():
     with pytest.raises(ValueError, match="length"):
         context_task(10, length=1)
     with pytest.raises(ValueError, match="num_classes"):
         long_range_task(10, length=5, num_classes=1)
+    with pytest.raises(ValueError, match="length must be at least 4"):
+        nearest_topic_task(10, length=3)
 
 
 def test_split_keeps_vocab_and_sizes():
@@ -94,12 +139,14 @@ def test_attention_classifier_rejects_too_long_sequences():
         model(torch.zeros(1, 6, dtype=torch.long))
 
 
-@pytest.mark.parametrize("kind", ["token", "lstm", "attention"])
+@pytest.mark.parametrize("kind", ["token", "mean", "lstm", "bilstm", "attention"])
 def test_models_share_the_embed_interface(kind):
     torch.manual_seed(0)
     model = {
         "token": TokenClassifier(7, 2),
+        "mean": MeanPoolClassifier(7, 2),
         "lstm": LSTMClassifier(7, 2),
+        "bilstm": LSTMClassifier(7, 2, bidirectional=True),
         "attention": AttentionClassifier(7, 2, max_len=6),
     }[kind]
     tokens = torch.randint(7, (3, 6))
@@ -120,6 +167,113 @@ def test_lstm_reads_left_to_right():
     x = model.embed(torch.randint(7, (1, 5))).detach().requires_grad_()
     model.from_embeddings(x)[0, 2].sum().backward()
     assert (x.grad[0, 3:] == 0).all() and (x.grad[0, :3] != 0).any()
+
+
+def test_bidirectional_lstm_reads_both_ways():
+    torch.manual_seed(0)
+    model = LSTMClassifier(7, 2, bidirectional=True)
+    x = model.embed(torch.randint(7, (1, 5))).detach().requires_grad_()
+    model.from_embeddings(x)[0, 2].sum().backward()
+    assert (x.grad[0].norm(dim=-1) > 0).all(), "position 2 depends on every position"
+
+
+def test_mean_pool_classifier_sees_which_words_but_not_where():
+    torch.manual_seed(0)
+    model = MeanPoolClassifier(9, 3, embed_dim=4)
+    tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    # Reference: the MLP applied by hand to [e_i, mean of all e_j], in float64.
+    e = model.token_embedding.weight.detach().double()[tokens[0]]  # (5, 4)
+    features = torch.cat([e, e.mean(dim=0, keepdim=True).expand(5, 4)], dim=1)  # (5, 8)
+    first, last = model.mlp[0], model.mlp[2]
+    hidden = features @ first.weight.double().T + first.bias.double()
+    hidden = 0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2)))  # exact GELU
+    expected = hidden @ last.weight.double().T + last.bias.double()  # (5, 3)
+    torch.testing.assert_close(model(tokens)[0].double(), expected, atol=1e-5, rtol=1e-5)
+    # Swapping two other words leaves position 0's logits unchanged: no sense of order.
+    swapped = torch.tensor([[1, 5, 3, 4, 2]])
+    torch.testing.assert_close(model(swapped)[0, 0], model(tokens)[0, 0])
+
+
+def _lstm_reference(model: LSTMClassifier, x: torch.Tensor) -> torch.Tensor:
+    """Hidden states (L, H) of a left-to-right LSTM over x (L, E), step by step in float64.
+
+    The equations of the LSTM as PyTorch documents them, gates stacked (input, forget, cell,
+    output): c_t = f_t c_{t-1} + i_t g_t, h_t = o_t tanh(c_t).
+    """
+    lstm = model.lstm
+    w_ih, w_hh = lstm.weight_ih_l0.double(), lstm.weight_hh_l0.double()
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).double()
+    H = lstm.hidden_size
+    h, c, states = torch.zeros(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64), []
+    for x_t in x.double():
+        z = w_ih @ x_t + w_hh @ h + bias  # (4H,)
+        i, f = torch.sigmoid(z[:H]), torch.sigmoid(z[H : 2 * H])
+        g, o = torch.tanh(z[2 * H : 3 * H]), torch.sigmoid(z[3 * H :])
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        states.append(h)
+    return torch.stack(states)
+
+
+def test_forget_bias_sets_the_forget_gate_of_the_documented_lstm():
+    torch.manual_seed(0)
+    model = LSTMClassifier(7, 2, embed_dim=3, hidden_size=4, forget_bias=3.0)
+    H = 4
+    bias = (model.lstm.bias_ih_l0 + model.lstm.bias_hh_l0).detach()
+    torch.testing.assert_close(bias[H : 2 * H], torch.full((H,), 3.0))
+    default = LSTMClassifier(7, 2, embed_dim=3, hidden_size=4)
+    assert default.lstm.bias_ih_l0[H : 2 * H].abs().max() <= 1 / math.sqrt(H), "PyTorch's init"
+    # The model's states agree with the float64 step-by-step LSTM built on the same slices.
+    x = torch.randn(6, 3)
+    states, _ = model.lstm(x[None])
+    torch.testing.assert_close(states[0].double(), _lstm_reference(model, x), atol=1e-5, rtol=0)
+    # With zero input weights and zero state the forget gate reads sigmoid(3) ≈ 0.953.
+    with torch.no_grad():
+        model.lstm.weight_ih_l0.zero_()
+        model.lstm.weight_hh_l0.zero_()
+    z = (model.lstm.bias_ih_l0 + model.lstm.bias_hh_l0)[H : 2 * H]
+    assert torch.allclose(torch.sigmoid(z), torch.full((H,), 1 / (1 + math.exp(-3.0))))
+
+
+def test_forget_bias_applies_to_both_directions():
+    model = LSTMClassifier(7, 2, hidden_size=5, bidirectional=True, forget_bias=2.0)
+    for suffix in ("_l0", "_l0_reverse"):
+        total = getattr(model.lstm, "bias_ih" + suffix) + getattr(model.lstm, "bias_hh" + suffix)
+        torch.testing.assert_close(total[5:10].detach(), torch.full((5,), 2.0))
+
+
+def test_gradient_norm_is_the_norm_of_all_gradients():
+    torch.manual_seed(0)
+    model = TokenClassifier(5, 2)
+    assert gradient_norm(model) == 0.0
+    loss_on(model, torch.randint(5, (4, 3)), torch.randint(2, (4, 3))).backward()
+    flat = np.concatenate([p.grad.numpy().ravel() for p in model.parameters()])
+    assert gradient_norm(model) == pytest.approx(float(np.linalg.norm(flat)), rel=1e-5)
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_train_classifier_clips_only_when_asked(clip):
+    train = context_task(200, length=6, seed=0)
+    torch.manual_seed(0)
+    model = TokenClassifier(len(train.vocab), 2)
+    with torch.no_grad():
+        model.mlp[2].weight.mul_(100)  # large logits: large gradients, far above 1
+    norms = []
+
+    def record(step: int) -> None:
+        norms.append(gradient_norm(model))
+
+    train_classifier(model, train, steps=5, lr=1e-4, clip_grad_norm=clip, callback=record)
+    if clip is None:
+        assert min(norms) > 1, "unclipped gradients stay large (nothing clips them to 1)"
+    else:
+        assert norms == pytest.approx([0.5] * 5, rel=1e-4), "clipped to exactly 0.5"
+
+
+def test_train_classifier_rejects_a_bad_clip_value():
+    model = TokenClassifier(5, 2)
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        train_classifier(model, context_task(10, length=4), steps=1, clip_grad_norm=0.0)
 
 
 def test_training_beats_chance_on_the_context_task():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,10 +67,11 @@ def test_figures_draw():
     assert image_grid(images, nrow=2).shape == (2 + 2 * 34, 2 + 2 * 34, 3)
     attention = torch.softmax(torch.randn(4, 256, 64), -1)
     fig = plot_attention_maps(images, attention, (16, 16), [(0, 0), (31, 31), (10, 20)])
-    assert len(fig.axes) == 4
-    # The sample and its overlay share the image's full 32×32 extent (no shifted crop).
-    shown = fig.axes[1].get_images()
-    assert [im.get_array().shape[:2] for im in shown] == [(32, 32), (32, 32)]
+    assert len(fig.axes) == 5  # the sample, three overlays, one shared colour bar
+    # The sample and the 8×8 grid of key weights both cover the image's full 32×32 extent.
+    sample, keys = fig.axes[1].get_images()
+    assert sample.get_array().shape[:2] == (32, 32) and keys.get_array().shape == (8, 8)
+    assert keys.get_extent() == [-0.5, 31.5, 31.5, -0.5]
     history = {"step": [1.0, 2.0], "loss_d": [1.0, 0.9], "loss_g": [0.5, 0.6], "d_real": [0.1, 0.2],
                "d_fake": [-0.1, -0.2], "gamma/G/16x16": [0.0, 0.01]}  # fmt: skip
     assert len(plot_history(history).axes) == 2
@@ -77,12 +79,42 @@ def test_figures_draw():
     assert [line.get_label() for line in ax.get_lines()][:1] == ["G/16x16"]
 
 
+def test_attention_maps_share_one_colour_scale_and_print_their_statistics():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 1, 32, 32, generator=gen) * 2 - 1
+    attention = torch.softmax(3 * torch.randn(2, 256, 64, generator=gen), -1)
+    queries = [(0, 0), (20, 9)]
+    fig = plot_attention_maps(images, attention, (16, 16), queries, index=1)
+    rows = [attention[1, 0].double(), attention[1, 10 * 16 + 4].double()]  # cells (0,0), (10,4)
+    top = max(float(r.max()) for r in rows)
+    for ax, row in zip(fig.axes[1:3], rows, strict=True):
+        keys = ax.get_images()[1]
+        assert keys.get_clim() == pytest.approx((0.0, top))  # the same scale in every panel
+        np.testing.assert_allclose(keys.get_array(), row.reshape(8, 8).numpy(), rtol=1e-6)
+        entropy = -(row * row.log()).sum()
+        assert f"max {float(row.max()):.3f} (even {1 / 64:.3f})" in ax.get_title()
+        assert f"entropy {float(entropy):.2f} of {np.log(64):.2f} nats" in ax.get_title()
+    bar = fig.axes[-1]
+    assert bar.get_ylabel() == "weight on a key"
+    assert bar.get_lines()[0].get_ydata()[0] == pytest.approx(1 / 64)  # the even-spread mark
+    fixed = plot_attention_maps(images, attention, (16, 16), queries, vmax=0.5)
+    assert fixed.axes[1].get_images()[1].get_clim() == (0.0, 0.5)
+
+
 def test_sequence_attention_heatmaps():
     tokens = ["the", "cat", "sat"]
     weights = torch.softmax(torch.randn(2, 3, 3), -1)
     fig = plot_sequence_attention(weights, tokens)
-    assert [a.get_title() for a in fig.axes] == ["head 0", "head 1"]
+    assert [a.get_title().split("\n")[0] for a in fig.axes[:2]] == ["head 0", "head 1"]
+    assert fig.axes[2].get_ylabel() == "attention weight"  # one colour bar for both heads
+    top = float(weights.max())
+    for head, ax in zip(weights.double(), fig.axes[:2], strict=True):
+        assert ax.get_images()[0].get_clim() == pytest.approx((0.0, top))
+        entropy = -(head * head.log()).sum(-1).mean()
+        assert f"max {float(head.max()):.2f}, entropy {float(entropy):.2f} of 1.10" in (
+            ax.get_title()
+        )
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == tokens
-    assert len(plot_sequence_attention(weights[0], tokens).axes) == 1
+    assert len(plot_sequence_attention(weights[0], tokens).axes) == 2  # the map and its bar
     with pytest.raises(ValueError, match="do not match 2 query"):
         plot_sequence_attention(weights, tokens[:2])

@@ -7,6 +7,7 @@ tests/test_browser.py checks the real thing in JupyterLab.
 
 from __future__ import annotations
 
+import copy as copy_module
 import math
 import time
 
@@ -230,6 +231,69 @@ def test_explorer_controls_carry_css_classes_and_display(models):
     )
 
 
+def _with_gammas(G: Generator, scale: float) -> Generator:
+    """A copy of G whose attention gates are γ = scale · (0.5, 0.3, ...), set by hand."""
+    copy = copy_module.deepcopy(G)
+    with torch.no_grad():
+        for i, layer in enumerate(copy.attention_layers().values()):
+            layer.gamma.fill_(scale * (0.5 - 0.2 * i))
+    return copy
+
+
+def test_explorer_gamma_control_regenerates_the_sample(models):
+    G, D = models
+    G = _with_gammas(G, 1.0)  # untrained γs are 0: nothing to scale
+    gammas = [layer.gamma.detach().clone() for layer in G.attention_layers().values()]
+    explorer = AttentionExplorer(G, D, seed=5)
+    assert "sagan-gamma-scale" in explorer.gamma_scale._dom_classes
+    assert explorer.gamma_scale.value == 1.0 and explorer.reference() is None
+    first = explorer.png
+    for scale in (0.0, 2.0, -1.0):
+        explorer.gamma_scale.value = scale
+        # The reference: a copy of G with its γs set to scale · γ by hand.
+        expected = sample_images(_with_gammas(G, scale), 1, seed=5)[0]
+        torch.testing.assert_close(explorer.view().image, expected)
+        torch.testing.assert_close(explorer.reference(), sample_images(G, 1, seed=5)[0])
+        assert explorer.png != first and f"G's γ × {scale:g}" in explorer.summary.value
+    explorer.gamma_scale.value = 0.0
+    assert "(attention off)" in explorer.summary.value
+    explorer.layer.value = "D/16x16"  # D judges the sample G drew without attention
+    torch.testing.assert_close(
+        explorer.view().image, sample_images(_with_gammas(G, 0.0), 1, seed=5)[0]
+    )
+    explorer.layer.value = "G/8x8"
+    explorer.gamma_scale.value = 1.0
+    assert explorer.png == first  # back to the model as trained
+    for layer, gamma in zip(G.attention_layers().values(), gammas, strict=True):
+        assert torch.equal(layer.gamma.detach(), gamma)  # the γs were restored exactly
+
+
+def test_explorer_gamma_control_on_a_real_image_changes_nothing(models):
+    G, D = models
+    G = _with_gammas(G, 1.0)
+    real = torch.rand(2, 1, 32, 32) * 2 - 1
+    explorer = AttentionExplorer(G, D, real_images=real, layer="D/16x16")
+    explorer.source.value = "real"
+    before = explorer.png
+    explorer.gamma_scale.value = 0.0  # G's γ does not touch a real image
+    assert explorer.reference() is None and "γ ×" not in explorer.summary.value
+    torch.testing.assert_close(explorer.view().image, real[0])
+    assert explorer.png == before
+
+
+def test_plot_attention_grid_with_scaled_gammas(models):
+    G, _ = models
+    G = _with_gammas(G, 1.0)
+    fig = plot_attention_grid(G, "G/16x16", seed=1, queries=[(4, 4)], gamma_scale=0.0)
+    assert len(fig.axes) == 4  # image, one query, the change from γ × 1, the colour bar
+    assert "G's γ × 0" in fig.axes[0].get_title()
+    off = sample_images(_with_gammas(G, 0.0), 1, seed=1)[0]
+    change = (off - sample_images(G, 1, seed=1)[0]).abs().amax(0)  # (S, S)
+    assert change.mean() > 0
+    assert f"mean {float(change.mean()):.3f}" in fig.axes[2].get_title()
+    torch.testing.assert_close(torch.as_tensor(fig.axes[2].get_images()[0].get_array()), change)
+
+
 def test_explorer_needs_attention_layers():
     G = Generator(z_dim=16, base_channels=8, attention_at=())
     with pytest.raises(ValueError, match="no attention layers"):
@@ -324,13 +388,14 @@ def test_plot_attention_grid_draws_what_the_explorer_draws(models):
     G, D = models
     queries = [(0, 0), (16, 16), (31, 5)]
     fig = plot_attention_grid(G, "G/16x16", seed=2, queries=queries)
-    assert len(fig.axes) == 4
+    assert len(fig.axes) == 5  # the image, three queries, the shared colour bar
     assert "G/16x16" in fig.axes[0].get_title()
     view = attention_view(G, "G/16x16", seed=2)
-    for ax, query in zip(fig.axes[1:], queries, strict=True):
-        assert f"mean distance {view.distance(query):.1f} px" in ax.get_title()
+    for ax, query in zip(fig.axes[1:4], queries, strict=True):
+        assert f"{tuple(query)}: {view.distance(query):.1f} px" in ax.get_title()
+        assert f"(even spread {view.uniform_distance(query):.1f} px)" in ax.get_title()
     fig = plot_attention_grid(G, "D/8x8", seed=2, queries=queries[:1], discriminator=D)
-    assert len(fig.axes) == 2 and "D/8x8" in fig.axes[0].get_title()
+    assert len(fig.axes) == 3 and "D/8x8" in fig.axes[0].get_title()
     real = torch.zeros(1, 32, 32)
     assert attention_view(G, "D/16x16", 2, D, real_image=real).image.abs().max() == 0
     with pytest.raises(ValueError, match="pass discriminator="):
@@ -342,7 +407,9 @@ def test_plot_attention_distances_and_sequence_layers():
     ax = plot_attention_distances(attention, (16, 16), (32, 32), title="G").axes[0]
     assert ax.get_title() == "G" and len(ax.get_lines()) == 2  # the mean and the baseline
     fig = plot_sequence_attention_layers(list("abcde"), _sequence_weights())
-    assert len(fig.axes) == 3 * 4  # 3 layers × the widest layer's 4 heads
-    titled = [a.get_title() for a in fig.axes if a.get_title()]
+    assert len(fig.axes) == 3 * 4 + 1  # 3 layers × the widest layer's 4 heads, one colour bar
+    titled = [a.get_title().split("\n")[0] for a in fig.axes if a.get_title()]
     assert titled[:3] == ["layer 0, head 0", "layer 0, head 1", "layer 1, head 0"]
     assert len(titled) == 2 + 4 + 1
+    top = max(float(w.max()) for w in _sequence_weights().values())  # one scale for all panels
+    assert {a.get_images()[0].get_clim() for a in fig.axes if a.get_images()} == {(0.0, top)}
