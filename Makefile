@@ -23,14 +23,14 @@ test: $(STAMP) chromium
 # A short SAGAN training on the embedded MNIST digits (GPU if there is one): samples, attention
 # maps, loss and γ curves land in runs/demo/. About 10 minutes on 2 CPU cores.
 demo: $(STAMP)
-	$(VENV)/bin/sagan-edu train --dataset mnist5k --steps 1500 --log-every 100 --out runs/demo
+	$(VENV)/bin/sagan-edu train --dataset mnist5k --steps 1500 --log-every 100 --out runs/demo --overwrite
 
 # Rebuild the shipped weights: the metrics' MNIST feature network, then the four GANs of
 # sagan_edu.pretrained.RECIPES (MNIST and twin-shapes, with and without attention), exported in
 # float16; then their checksums (a test compares them). One set alone:
 # `.venv/bin/python tools/make_pretrained.py twin-shapes-sagan32`. About an hour on 2 CPU cores.
 pretrained: $(STAMP)
-	$(VENV)/bin/sagan-edu train-classifier --out sagan_edu/weights/mnist5k-classifier.safetensors
+	$(VENV)/bin/sagan-edu train-classifier --out sagan_edu/weights/mnist5k-classifier.safetensors --overwrite
 	$(PY) tools/make_pretrained.py --all
 
 # Rewrite every notebook's Colab badge and setup cell from pyproject.toml's repository URL.
@@ -38,7 +38,8 @@ notebooks: $(STAMP)
 	$(PY) tools/sync_notebooks.py
 
 # Regenerate exercises/ from solutions/: every answer between nbgrader's BEGIN/END SOLUTION markers
-# becomes a stub that raises NotImplementedError with a hint. The tests fail if exercises/ is stale.
+# becomes a stub that raises NotImplementedError with a hint. First it writes nbgrader's cell
+# metadata into solutions/ (tools/nbgrader_metadata.py). The tests fail if either is stale.
 exercises: $(STAMP)
 	$(PY) tools/make_exercises.py
 

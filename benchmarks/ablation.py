@@ -392,6 +392,7 @@ def make_config(args: argparse.Namespace, dataset: str, placement: str, seed: in
         g_channels=args.channels, d_channels=args.channels, batch_size=args.batch,
         steps=args.steps, seed=seed, device=args.device, out_dir=str(out_dir),
         log_every=max(1, min(50, args.steps)), checkpoint_every=args.steps, progress=False,
+        overwrite=True,  # a run without a record (say, an interrupted one) is trained afresh
     )  # fmt: skip
 
 

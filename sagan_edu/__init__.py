@@ -6,7 +6,8 @@ Modules, one concept each:
     spectral_norm  spectral normalisation by power iteration (float32, or float64)
     models         Generator and Discriminator (DCGAN- and ResNet-style)
     losses         hinge and non-saturating GAN losses
-    training       TrainConfig, Trainer and train(): the GAN training loop, checkpoints
+    training       TrainConfig, Trainer and train(): the GAN training loop
+    checkpoints    writing and reading checkpoints safely; the run folder's lock
     fast_step      the training iteration replayed as one CUDA graph (TrainConfig.fast_step)
     data           datasets: embedded MNIST-5k, torchvision datasets, synthetic long-range data
     metrics        Fréchet distance and KID in MNIST-classifier features, consistency

@@ -56,6 +56,8 @@ def scaled_dot_product_attention(
     _check_qkv(q, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
+    elif not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale}")
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., Lq, Lk)
     if mask is None:
@@ -76,10 +78,20 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                 f"{name} must have at least 2 dims (..., length, features), "
                 f"got shape {tuple(t.shape)}"
             )
+    if not all(t.is_floating_point() for t in (q, k, v)):
+        raise ValueError(
+            f"q, k and v must be floating point (a softmax of integers is not defined), got "
+            f"{q.dtype}, {k.dtype} and {v.dtype}; convert them with .float() first"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(
             f"q, k and v must share a dtype, got {q.dtype}, {k.dtype} and {v.dtype}; "
             "convert them with .to(dtype) first"
+        )
+    if q.size(-1) == 0:
+        raise ValueError(
+            f"q and k have width 0 (last dim), so there is nothing to compare; queries and keys "
+            f"need at least one feature, got q {tuple(q.shape)} and k {tuple(k.shape)}"
         )
     if q.size(-1) != k.size(-1):
         raise ValueError(
@@ -146,6 +158,9 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads != 0:
             raise ValueError(
                 f"embed_dim ({embed_dim}) must be a positive multiple of num_heads ({num_heads}), "
@@ -234,6 +249,12 @@ class MultiHeadAttention(nn.Module):
                 f"query, key and value must share a dtype, got {query.dtype}, {key.dtype} and "
                 f"{value.dtype}"
             )
+        weight_dtype = self.q_proj.weight.dtype
+        if query.dtype != weight_dtype and not torch.is_autocast_enabled(query.device.type):
+            raise ValueError(
+                f"the inputs are {query.dtype} but this layer's weights are {weight_dtype}; "
+                f"convert one to the other: x.to({weight_dtype}) or layer.to({query.dtype})"
+            )
 
 
 def _fused_attention(
@@ -301,14 +322,16 @@ class SelfAttention2d(nn.Module):
         spectral_norm: bool = True,
     ):
         super().__init__()
+        for name, value in (("channels", channels), ("qk_reduction", qk_reduction),
+                            ("v_reduction", v_reduction), ("pool", pool)):  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name, value in (("qk_reduction", qk_reduction), ("v_reduction", v_reduction)):
-            if value < 1 or channels % value != 0:
+            if channels < value or channels % value != 0:
                 raise ValueError(
                     f"channels ({channels}) must be divisible by {name} ({value}); "
                     f"choose channels that are a multiple of {value}"
                 )
-        if pool < 1:
-            raise ValueError(f"pool must be a positive integer (1 = no pooling), got {pool}")
         self.channels = channels
         self.pool = pool
         self.scaled = scaled
@@ -353,7 +376,7 @@ class SelfAttention2d(nn.Module):
             # A head dim of 1 makes the inputs 4-D, which the fused kernels require.
             o = _fused_attention(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]
 
-        o = o.transpose(1, 2).reshape(B, -1, H, W)  # (B, C/2, H, W)
+        o = o.transpose(1, 2).reshape(B, v.size(-1), H, W)  # (B, C/2, H, W); B may be 0
         y = x + self.gamma * self.out(o)
         return (y, attention) if return_attention else y
 
@@ -371,7 +394,20 @@ class SelfAttention2d(nn.Module):
                 f"this layer was built for {self.channels} channels but the input has "
                 f"{x.size(1)} (shape {tuple(x.shape)})"
             )
+        weight_dtype = self.gamma.dtype
+        if not x.is_floating_point():
+            raise ValueError(
+                f"SelfAttention2d takes floating-point feature maps, got dtype {x.dtype}; "
+                "convert with x.float()"
+            )
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"the input is {x.dtype} but this layer's weights are {weight_dtype}; convert "
+                f"the input with x.to({weight_dtype})"
+            )
         H, W = x.shape[-2:]
+        if H == 0 or W == 0:
+            raise ValueError(f"the feature map has no positions (shape {tuple(x.shape)})")
         if H % self.pool or W % self.pool:
             raise ValueError(
                 f"height and width ({H}×{W}) must be divisible by pool={self.pool}, which pools "

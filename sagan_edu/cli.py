@@ -7,7 +7,11 @@
     torchrun --standalone --nproc_per_node=4 -m sagan_edu.cli train ...   # 4 GPUs (DDP)
 
 `train` writes into --out: checkpoint.pt (everything needed to resume), history.json, and the
-figures samples.png, attention.png, losses.png and gamma.png.
+figures samples.png, attention.png, losses.png and gamma.png. A folder that already holds a
+checkpoint is continued with --resume, replaced with --overwrite, and otherwise refused.
+
+Mistakes in what the user typed (a bad value, a missing or wrong file, a device this machine does
+not have, a full disk) end with one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import save_image
 
+from sagan_edu.checkpoints import RunFolderBusy, check_output_folder
 from sagan_edu.metrics import CLASSIFIER_PATH, train_classifier
 from sagan_edu.pretrained import export_pretrained
 from sagan_edu.training import (
@@ -38,32 +44,93 @@ from sagan_edu.training import (
 )
 from sagan_edu.viz import collect_attention, plot_attention_maps, plot_gammas, plot_history
 
+# Where `train-classifier` writes by default: a run folder, never the package's shipped weights.
+DEFAULT_CLASSIFIER_OUT = Path("runs/classifier/mnist5k-classifier.safetensors")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+# Errors caused by what the user asked for, or by the machine (a full disk, a missing file): the
+# message is the whole story, so the user sees it alone. Anything else is a bug: a traceback.
+USER_ERRORS = (ValueError, OSError, TrainingDiverged, RunFolderBusy)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError, TrainingDiverged) as error:
-        print(f"sagan-edu {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse exits; keep its status (0 for --help, 2 for errors)
+        return int(exit_.code or 0)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning(args.command)
+        try:
+            return args.run(args)
+        except USER_ERRORS as error:
+            print(f"sagan-edu {args.command}: error: {_one_line(error)}", file=sys.stderr)
+            return 2
+        except torch.OutOfMemoryError:
+            print(
+                f"sagan-edu {args.command}: error: the device ran out of memory; ask for less "
+                "at once (a smaller --batch-size or --n, narrower --g-channels/--d-channels, a "
+                "smaller --img-size)",
+                file=sys.stderr,
+            )
+            return 2
+        except KeyboardInterrupt:
+            print(f"sagan-edu {args.command}: interrupted", file=sys.stderr)
+            return 130
+
+
+def _one_line(error: BaseException | Warning | str) -> str:
+    """The message alone, on one line ("[Errno 28]" and the like left out)."""
+    text = str(error)
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror + (f": {error.filename}" if error.filename else "")
+    return " ".join(text.split())
+
+
+def _show_warning(command: str):
+    """Warnings (say, resume without a checkpoint) as one visible line, not a file:line dump."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"sagan-edu {command}: warning: {_one_line(message)}", file=sys.stderr)
+
+    return show
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line that says where to find the options."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sagan-edu", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="sagan-edu", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a (self-attention) GAN")
     defaults = TrainConfig()
     train.add_argument("--out", dest="out_dir", default=defaults.out_dir, help="run folder")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument(
+        "--resume", action="store_true",
+        help="continue from OUT/checkpoint.pt (with a warning, from step 0 if there is none)",
+    )  # fmt: skip
+    train.add_argument(
+        "--overwrite", action="store_true",
+        help="start from step 0 even if OUT holds a checkpoint, replacing it at the first save",
+    )  # fmt: skip
+    train.add_argument(
+        "--download", action="store_true",
+        help="download a missing torchvision dataset (mnist, fashion-mnist, cifar10; online)",
+    )  # fmt: skip
     train.add_argument(
         "--attention-at", type=int, nargs="*", default=defaults.attention_at, metavar="SIZE",
         help="feature-map sizes that get self-attention (none: no attention). Default: 16",
     )  # fmt: skip
     train.add_argument("--no-amp", dest="amp", action="store_false", help="train in float32")
     train.add_argument("--no-progress", dest="progress", action="store_false")
-    flagged = {"out_dir", "resume", "attention_at", "amp", "progress", "betas"}
+    flagged = {"out_dir", "resume", "overwrite", "download", "attention_at", "amp", "progress",
+               "betas"}  # fmt: skip
     for field in fields(TrainConfig):
         if field.name in flagged:
             continue
@@ -96,7 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     classifier = commands.add_parser(
         "train-classifier", help="retrain the MNIST feature network the metrics use"
     )
-    classifier.add_argument("--out", type=Path, default=CLASSIFIER_PATH)
+    classifier.add_argument(
+        "--out", type=Path, default=DEFAULT_CLASSIFIER_OUT,
+        help=f"a .safetensors path (default {DEFAULT_CLASSIFIER_OUT}). The metrics use the "
+        f"shipped file, {CLASSIFIER_PATH.relative_to(CLASSIFIER_PATH.parents[2])}: replacing it "
+        "changes every FD/KID number and needs --overwrite",
+    )  # fmt: skip
+    classifier.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     classifier.add_argument("--epochs", type=int, default=30)
     classifier.add_argument("--seed", type=int, default=0)
     classifier.set_defaults(run=run_train_classifier)
@@ -133,16 +206,15 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     generator = load_generator(args.checkpoint, ema=args.ema)
+    _check_output_file(args.out, IMAGE_SUFFIXES)
     images = sample_images(generator, args.n, seed=args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     save_image(images, args.out, nrow=8, normalize=True, value_range=(-1, 1))
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    if args.out.suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, got {args.out}")
+    _check_output_file(args.out, (".safetensors",))
     dtype = torch.float16 if args.float16 else torch.float32
     out = export_pretrained(args.checkpoint, args.out, dtype, not args.generator_only)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
@@ -150,12 +222,31 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
+    _check_output_file(args.out, (".safetensors",))
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(
+            f"--out {args.out} exists; pass another --out, or --overwrite to replace it"
+        )
     accuracy = train_classifier(args.out, epochs=args.epochs, seed=args.seed)
     print(
         f"wrote {args.out}: accuracy {accuracy['train_accuracy']:.3f} on the 4,000 training "
         f"digits, {accuracy['held_out_accuracy']:.3f} on the 1,000 held-out digits"
     )
     return 0
+
+
+def _check_output_file(path: Path, suffixes: tuple[str, ...]) -> None:
+    """Before any work: --out must end in one of `suffixes` and its folder must be writable."""
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"--out must end in {' or '.join(suffixes)}, got {path}")
+    if path.is_dir():
+        raise ValueError(
+            f"--out {path} is a folder; pass a file path such as {path / ('out' + suffixes[0])}"
+        )
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"--out {path} lies below {blocker}, which is a file, not a folder")
+    check_output_folder(path.parent, "the folder of --out")
 
 
 def write_figures(trainer: Trainer, out_dir: Path) -> None:

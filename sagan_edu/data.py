@@ -283,10 +283,11 @@ def _load_torchvision(
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise FileNotFoundError(
-                f"{name} is not in {folder} (missing: {', '.join(missing)}). To fix it: pass "
-                f"download=True when online; or set {DATA_ENV_VAR} (or pass root=) to a data "
-                f"folder that has these files under {folder.relative_to(root)}/; or use "
-                f"load_dataset('mnist5k'), which works offline."
+                f"{name} is not in {folder} (missing: {', '.join(missing)}). To fix it: when "
+                f"online, download it (load_dataset(..., download=True), TrainConfig(download="
+                f"True), or `sagan-edu train --download`); or set {DATA_ENV_VAR} (or pass "
+                f"root=) to a data folder that has these files under {folder.relative_to(root)}/; "
+                f"or use load_dataset('mnist5k'), which works offline."
             )
         dataset = _TORCHVISION[name](root, train=train, download=False)
 
@@ -494,10 +495,17 @@ def consistency_score(images: torch.Tensor, dataset: str = "twin-shapes") -> tor
             f"consistency_score measures the synthetic datasets {', '.join(_SYNTHETIC)}; "
             f"got dataset={dataset!r}"
         )
-    if images.dim() != 4 or images.shape[-1] < 2:
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[-1] < 2 or images.shape[-2] < 1:
         raise ValueError(
             f"images must have shape (batch, channels, height, width) with width ≥ 2, "
             f"got {tuple(images.shape)}"
+        )
+    if len(images) == 0 or images.size(1) == 0:
+        raise ValueError(
+            f"images is empty (shape {tuple(images.shape)}); pass at least one image with at "
+            "least one channel"
         )
     images = images.detach().float()  # the FFT needs float32; AMP samples may be bf16 or fp16
     half = images.shape[-1] // 2

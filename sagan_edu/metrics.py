@@ -21,21 +21,27 @@ For digits, `class_histogram` / `class_coverage` show which digits a generator d
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from sagan_edu.checkpoints import atomic_write, check_output_folder
 from sagan_edu.data import consistency_score, load_dataset
+from sagan_edu.pretrained import verify_checksum
+from sagan_edu.training import pick_device
 
 __all__ = [
     "FD_NAME",
     "KID_NAME",
+    "MIN_IMAGES",
     "MnistClassifier",
     "class_coverage",
     "class_histogram",
@@ -51,6 +57,8 @@ __all__ = [
 FD_NAME = "Fréchet distance (MNIST classifier features)"
 KID_NAME = "KID (MNIST classifier features)"
 CLASSIFIER_PATH = Path(__file__).parent / "weights" / "mnist5k-classifier.safetensors"
+MIN_IMAGES = 2  # per set, for the Fréchet distance and KID
+RANGE_SLACK = 1e-2  # how far above 1 rounding (bf16, resizing) may take a [0, 1] image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,12 +102,22 @@ class MnistClassifier(nn.Module):
 
 
 def train_classifier(
-    out_path: str | os.PathLike = CLASSIFIER_PATH, epochs: int = 30, seed: int = 0
+    out_path: str | os.PathLike, epochs: int = 30, seed: int = 0
 ) -> dict[str, float]:
     """Train the feature network on mnist5k's 4,000 training digits and save it (safetensors).
 
+    The metrics read the shipped file, CLASSIFIER_PATH: write there only to rebuild the shipped
+    weights (`make pretrained`), since a new network shifts every FD and KID number.
+
     Returns the accuracy on the 1,000 held-out digits (and on the training digits).
     """
+    for name, value, minimum in (("epochs", epochs, 1), ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
+    out_path = Path(out_path)
+    if out_path.suffix != ".safetensors":
+        raise ValueError(f"out_path must end in .safetensors, got {out_path}")
+    check_output_folder(out_path.parent, "the folder of out_path")  # before minutes of training
     torch.manual_seed(seed)
     train_set = load_dataset("mnist5k", train=True, img_size=32)
     held_out = load_dataset("mnist5k", train=False, img_size=32)
@@ -124,13 +142,9 @@ def train_classifier(
         "train_accuracy": _accuracy(model, train_set.images, train_set.labels),
         "held_out_accuracy": _accuracy(model, held_out.images, held_out.labels),
     }
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        out_path,
-        metadata={k: f"{v:.4f}" for k, v in accuracy.items()} | {"epochs": str(epochs)},
-    )
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    metadata = {k: f"{v:.4f}" for k, v in accuracy.items()} | {"epochs": str(epochs)}
+    atomic_write(safetensors_bytes(tensors, metadata=metadata), out_path, what="weight file")
     return accuracy
 
 
@@ -155,9 +169,10 @@ def load_classifier(device: str | torch.device = "cpu") -> MnistClassifier:
             f"the MNIST feature network's weights are missing ({CLASSIFIER_PATH}); "
             "rebuild them with `sagan-edu train-classifier`"
         )
+    verify_checksum(CLASSIFIER_PATH)  # a replaced file would shift every FD/KID number
     model = MnistClassifier()
     model.load_state_dict(load_file(CLASSIFIER_PATH))
-    return model.to(device).eval().requires_grad_(False)
+    return model.to(pick_device(device)).eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +197,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     Computed by torchmetrics' FID code (float64), fed the features directly.
     """
     for name, f in (("features_a", features_a), ("features_b", features_b)):
+        if not isinstance(f, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor (N, D), got {type(f).__name__}")
         if f.dim() != 2 or len(f) < 2:
             raise ValueError(f"{name} must be (N, D) with N ≥ 2, got shape {tuple(f.shape)}")
     if features_a.size(1) != features_b.size(1):
@@ -204,11 +221,27 @@ def fd_and_kid(
 ) -> dict[str, float]:
     """Fréchet distance and KID between two image sets (B, 1, H, W) in [-1, 1].
 
+    Each set needs at least MIN_IMAGES = 2 images (a covariance needs two), but the numbers are
+    only worth comparing from about a thousand images each, and between sets of equal size.
+    Images in another range are refused rather than guessed at: uint8 pixels and any set without
+    a single negative value (a [0, 1] or 0..255 set; [-1, 1] digits always have background at
+    -1) would give FDs far too large. Convert them with `images.float() / 127.5 - 1` or
+    `images * 2 - 1`.
+
     Keys are FD_NAME, KID_NAME and KID_NAME + " std", so printed results say what they are.
     KID is the mean over 100 random subsets of `kid_subset_size` images from each set, and its
     std the spread over those subsets: how much the estimate moves with the samples drawn. (A
     subset as large as the sets holds every image each time, and its std is 0.)
     """
+    for name, images in (("real_images", real_images), ("fake_images", fake_images)):
+        _check_metric_images(name, images)
+    if (
+        not isinstance(kid_subset_size, int)
+        or isinstance(kid_subset_size, bool)
+        or (kid_subset_size < MIN_IMAGES)
+    ):
+        raise ValueError(f"kid_subset_size must be a whole number ≥ 2, got {kid_subset_size!r}")
+    fake_images = fake_images.to(real_images.device)
     classifier = classifier or load_classifier(real_images.device)
     fd = FrechetInceptionDistance(feature=classifier, reset_real_features=False).to(
         real_images.device
@@ -228,6 +261,38 @@ def fd_and_kid(
     }
 
 
+def _check_metric_images(name: str, images: object) -> None:
+    """Images for the feature network: a (B, 1, H, W) float tensor in [-1, 1], B ≥ MIN_IMAGES."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor (B, 1, H, W), got {type(images).__name__}")
+    if images.dim() != 4 or images.size(1) != 1:
+        raise ValueError(
+            f"{name} must be grey images (B, 1, H, W) in [-1, 1], got shape {tuple(images.shape)}"
+        )
+    if len(images) < MIN_IMAGES:
+        raise ValueError(
+            f"{name} holds {len(images)} image(s); the Fréchet distance and KID need at least "
+            f"{MIN_IMAGES} per set (and about a thousand for numbers worth comparing)"
+        )
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{name} has dtype {images.dtype}; the metrics take float images in [-1, 1]. Convert "
+            "uint8 pixels with images.float() / 127.5 - 1"
+        )
+    low, high = images.min().item(), images.max().item()
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if low >= 0:
+        # [-1, 1] images of digits always hold background (-1); a set with no negative value
+        # at all is a [0, 1] (or 0..255) set, whose FD would come out hundreds of times too big.
+        convert = "images / 127.5 - 1" if high > 1 + RANGE_SLACK else "images * 2 - 1"
+        raise ValueError(
+            f"{name} has no negative values (from {low:.3g} to {high:.3g}): these look like "
+            f"{'0..255' if high > 1 + RANGE_SLACK else '[0, 1]'} images, but the metrics take "
+            f"[-1, 1] (a digit's background is -1). Convert with {convert}"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Digits: which classes a generator makes
 # ---------------------------------------------------------------------------------------------
@@ -238,6 +303,11 @@ def class_histogram(
     images: torch.Tensor, classifier: MnistClassifier | None = None
 ) -> torch.Tensor:
     """How many of the images (B, 1, H, W) the classifier calls 0, 1, …, 9: a (10,) tensor."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
+        raise ValueError(
+            f"images must be a non-empty (B, 1, H, W) tensor, got "
+            f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}"
+        )
     classifier = classifier or load_classifier(images.device)
     predictions = torch.cat([classifier.logits(chunk).argmax(1) for chunk in images.split(500)])
     return torch.bincount(predictions, minlength=10).cpu()
@@ -250,6 +320,11 @@ def class_coverage(histogram: torch.Tensor, min_share: float = 0.02) -> dict[str
     collapse drops classes). entropy: the histogram's entropy divided by log(10), 1 for a uniform
     spread over all digits, 0 if every sample is the same digit.
     """
+    if histogram.shape != (10,) or histogram.sum() <= 0 or (histogram < 0).any():
+        raise ValueError(
+            f"histogram must be 10 non-negative counts with a positive total, as class_histogram "
+            f"returns; got {histogram.tolist()}"
+        )
     shares = histogram.float() / histogram.sum()
     nonzero = shares[shares > 0]
     entropy = -(nonzero * nonzero.log()).sum() / torch.log(torch.tensor(10.0))
@@ -289,7 +364,15 @@ def within_class_diversity(
 
 
 def consistency(images: torch.Tensor, dataset: str = "twin-shapes") -> dict[str, float]:
-    """Mean and standard deviation of the long-range consistency score of images (B, C, H, W)."""
+    """Mean and standard deviation of the long-range consistency score of images (B, C, H, W).
+
+    Needs at least 2 images (one has no spread); `consistency_score` scores single images.
+    """
+    if isinstance(images, torch.Tensor) and images.dim() == 4 and len(images) < 2:
+        raise ValueError(
+            f"consistency needs at least 2 images for a mean and a standard deviation, got "
+            f"{len(images)}; for single images use sagan_edu.data.consistency_score(images)"
+        )
     scores = consistency_score(images, dataset=dataset)
     return {"mean": scores.mean().item(), "std": scores.std().item()}
 

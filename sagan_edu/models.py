@@ -395,6 +395,7 @@ class Generator(nn.Module):
                 f"z must have shape (batch, z_dim={self.z_dim}), got {tuple(z.shape)}; "
                 f"sample it with torch.randn(batch, {self.z_dim})"
             )
+        _check_dtype(z, "z", self)
         _check_labels(y, z.size(0), self.num_classes, "Generator")
 
 
@@ -492,6 +493,7 @@ class Discriminator(nn.Module):
                 f"images must have shape (batch, {', '.join(map(str, expected))}), "
                 f"got {tuple(x.shape)}"
             )
+        _check_dtype(x, "images", self)
         _check_labels(y, x.size(0), self.num_classes, "Discriminator")
 
 
@@ -576,6 +578,25 @@ def _check_attention_at(
             f"at this img_size its maps are {', '.join(map(str, sizes))} pixels wide"
         )
     return tuple(sorted(requested))
+
+
+def _check_dtype(x: torch.Tensor, name: str, model: nn.Module) -> None:
+    """Floating point, and (outside autocast) the dtype of the model's weights."""
+    weight_dtype = next(model.parameters()).dtype
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} must be floating point, got {x.dtype}"
+            + (
+                "; convert uint8 pixels with x.float() / 127.5 - 1"
+                if x.dtype == torch.uint8
+                else ""
+            )
+        )
+    if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(
+            f"{name} is {x.dtype} but the {type(model).__name__}'s weights are {weight_dtype}; "
+            f"convert with {name if name == 'z' else 'x'}.to({weight_dtype})"
+        )
 
 
 def _check_labels(

@@ -14,7 +14,9 @@ synthetic `twin-shapes` data. Same settings within a pair, so the pair is a smal
     twin-shapes-noattn32   twin-shapes   none        EMA G
 
 The files are safetensors (plain tensors plus a JSON header: loading runs no code), stored in
-float16 to keep all four under 10 MB; `load` returns float32 models. Each file's metadata holds
+float16 to keep all four under 10 MB; `load` returns float32 models. Loading a shipped file checks
+its SHA256 against weights/SHA256SUMS first (a few milliseconds), so a damaged or replaced file is
+reported instead of quietly changing every sample and metric. Each file's metadata holds
 the models' configs and the training run that made it. `RECIPES` below is how each was trained,
 and one command retrains and re-exports one of them (a test checks the files against RECIPES):
 
@@ -24,15 +26,18 @@ and one command retrains and re-exports one of them (a test checks the files aga
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 
+from sagan_edu.checkpoints import atomic_write, check_output_folder
 from sagan_edu.models import Discriminator, Generator
-from sagan_edu.training import load_checkpoint
+from sagan_edu.training import load_checkpoint, pick_device
 
 __all__ = [
     "RECIPES",
@@ -42,6 +47,7 @@ __all__ = [
     "load",
     "load_pretrained",
     "training_info",
+    "verify_checksum",
 ]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -75,9 +81,12 @@ def available() -> list[str]:
     """
     names = []
     for path in sorted(WEIGHTS_DIR.glob("*.safetensors")):
-        with safe_open(path, framework="pt") as f:
-            if "G_config" in (f.metadata() or {}):
-                names.append(path.stem)
+        try:
+            with safe_open(path, framework="pt") as f:
+                if "G_config" in (f.metadata() or {}):
+                    names.append(path.stem)
+        except Exception:  # a damaged file is reported when it is loaded, not here
+            continue
     return names
 
 
@@ -106,14 +115,29 @@ def export_pretrained(
     if keep_discriminator:
         metadata["D_config"] = json.dumps(state["D_config"])
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, out_path, metadata=metadata)
+    if out_path.suffix != ".safetensors":
+        raise ValueError(f"out_path must end in .safetensors, got {out_path}")
+    check_output_folder(out_path.parent, "the folder of out_path")
+    atomic_write(safetensors_bytes(tensors, metadata=metadata), out_path, what="weight file")
     return out_path
 
 
 def _path(name: str | os.PathLike) -> Path:
     """A shipped name, or a path to a .safetensors file written by `export_pretrained`."""
-    path = Path(name) if str(name).endswith(".safetensors") else WEIGHTS_DIR / f"{name}.safetensors"
+    if not isinstance(name, (str, os.PathLike)):
+        raise ValueError(f"name must be a string or a path, got {name!r}")
+    if str(name).endswith(".safetensors"):
+        path = Path(name)
+    elif Path(name).suffix == ".pt" or Path(name).is_file():
+        raise ValueError(
+            f"{name} is not a safetensors weight file: for a training checkpoint use "
+            "sagan_edu.training.load_generator(path), or export it first with "
+            "`sagan-edu export --checkpoint PATH --out NAME.safetensors`"
+        )
+    else:
+        path = WEIGHTS_DIR / f"{name}.safetensors"
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass a .safetensors file")
     if not path.exists():
         raise FileNotFoundError(
             f"no pretrained weights {str(name)!r}; shipped: {', '.join(available()) or 'none'}. "
@@ -122,12 +146,57 @@ def _path(name: str | os.PathLike) -> Path:
     return path
 
 
+def verify_checksum(path: str | os.PathLike) -> None:
+    """Raise ValueError unless a shipped file's SHA256 is the one weights/SHA256SUMS lists."""
+    path = Path(path)
+    head = path.read_bytes()[:64]
+    if head.startswith(b"version https://git-lfs"):
+        raise ValueError(
+            f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in the repository "
+            "(or install sagan_edu from a release, which holds the real files)"
+        )
+    sums = {}
+    for line in (path.parent / "SHA256SUMS").read_text().splitlines():
+        digest, _, filename = line.partition("  ")
+        sums[filename] = digest
+    if path.name not in sums:
+        raise ValueError(
+            f"{path.name} is not listed in {path.parent / 'SHA256SUMS'}; `make pretrained` "
+            "rewrites the list"
+        )
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != sums[path.name]:
+        raise ValueError(
+            f"{path} is damaged or was replaced: its SHA256 is {actual[:12]}…, SHA256SUMS says "
+            f"{sums[path.name][:12]}…. Reinstall sagan_edu (or `git checkout -- {path.name}` in "
+            "the repository) to get the shipped file back; `make pretrained` rebuilds it"
+        )
+
+
 def _read(name: str | os.PathLike, device: str | torch.device) -> tuple[dict, dict]:
-    """(tensors as float32 on `device`, metadata) of one weight file."""
+    """(tensors as float32 on `device`, metadata) of one weight file, checked first."""
+    device = pick_device(device)
     path = _path(name)
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata()
-    tensors = load_file(path, device=str(device))
+    if path.parent.resolve() == WEIGHTS_DIR.resolve():
+        verify_checksum(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(path, device=str(device))
+    except Exception as error:  # safetensors' own errors name byte offsets, not the fix
+        first = path.read_bytes()[:64]
+        what = (
+            "a Git LFS pointer, not the weights (run `git lfs pull`)"
+            if first.startswith(b"version https://git-lfs")
+            else f"truncated or not a safetensors file ({error})"
+        )
+        raise ValueError(f"{path} cannot be loaded: it is {what}") from None
+    if "G_config" not in metadata:
+        raise ValueError(
+            f"{path} holds no GAN generator (its metadata has no G_config): it is some other "
+            "model's safetensors file. Pass a file written by `sagan-edu export` or a shipped "
+            f"name: {', '.join(available())}"
+        )
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     return tensors, metadata
 
@@ -137,9 +206,15 @@ def _model(
 ) -> torch.nn.Module:
     """A Generator or Discriminator built from its JSON config, with the tensors under `prefix`."""
     model = cls(**json.loads(config))
-    model.load_state_dict(
-        {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-    )
+    state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise ValueError(
+            f"the {cls.__name__} tensors in this file do not fit the {cls.__name__} its metadata "
+            "describes: the file was assembled from different models. Export it again with "
+            "`sagan-edu export`"
+        ) from None
     return model.to(device).eval()
 
 
@@ -157,6 +232,7 @@ def load_pretrained(
             f"{name!r} ships only its generator: use load({str(name)!r}). Files with a "
             f"discriminator: {', '.join(with_d)}."
         )
+    device = pick_device(device)
     G = _model(Generator, metadata["G_config"], tensors, "G.", device)
     D = _model(Discriminator, metadata["D_config"], tensors, "D.", device)
     return G, D
@@ -165,11 +241,10 @@ def load_pretrained(
 def load(name: str = "mnist5k-sagan32", device: str | torch.device = "cpu") -> Generator:
     """The shipped EMA generator called `name`, ready to sample from (eval mode, float32)."""
     tensors, metadata = _read(name, device)
-    return _model(Generator, metadata["G_config"], tensors, "G.", device)
+    return _model(Generator, metadata["G_config"], tensors, "G.", pick_device(device))
 
 
 def training_info(name: str = "mnist5k-sagan32") -> dict:
     """The training config and step count a shipped weight file was made with."""
-    with safe_open(_path(name), framework="pt") as f:
-        metadata = f.metadata()
+    _, metadata = _read(name, "cpu")
     return {"step": int(metadata["step"]), **json.loads(metadata["train_config"])}

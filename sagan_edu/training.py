@@ -39,16 +39,23 @@ indices and noise and take their rows of it, so the random state is the same
 everywhere and a run can resume with a different K.
 
 Checkpoints hold everything needed to continue exactly (models, optimizers, EMA, scaler, random
-generator states, step, history, config). They are written to a temporary file and renamed, so a
-crash mid-write leaves the previous checkpoint intact, and they load with weights_only=True.
+generator states, step, history, config). `sagan_edu.checkpoints` writes them (atomically: a
+crash, kill or full disk mid-write leaves the previous checkpoint intact) and reads them
+(weights_only=True, with errors that say what is wrong with a file).
+
+A second run into the same folder: a folder that already holds a checkpoint is continued only
+with resume=True, replaced only with overwrite=True, and otherwise refused; while a run trains it
+holds a lock on its folder, so two runs never write into one folder at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import math
+import numbers
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -60,10 +67,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from sagan_edu.data import load_dataset
+from sagan_edu import __version__
+from sagan_edu.checkpoints import (
+    CHECKPOINT_NAME,
+    RunLock,
+    atomic_save,
+    check_known_settings,
+    check_output_folder,
+    load_checkpoint,
+    remove_stale_temp_files,
+)
+from sagan_edu.data import DATASETS, load_dataset
 from sagan_edu.fast_step import captured_step
-from sagan_edu.losses import get_losses
-from sagan_edu.models import Discriminator, Generator
+from sagan_edu.losses import LOSSES, get_losses
+from sagan_edu.models import ARCHS, ATTENTION_BLOCKS, IMG_SIZES, Discriminator, Generator
 from sagan_edu.spectral_norm import update_once_per_step, update_spectral_norms
 
 __all__ = [
@@ -71,14 +88,16 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
+    "atomic_save",
+    "available_devices",
     "init_distributed",
     "load_checkpoint",
     "load_generator",
+    "pick_device",
+    "sample_images",
     "train",
     "update_ema",
 ]
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass
@@ -88,6 +107,7 @@ class TrainConfig:
     # data
     dataset: str = "mnist5k"
     data_root: str | None = None
+    download: bool = False  # download a missing torchvision dataset (needs internet)
     img_size: int = 32
     conditional: bool = False  # condition G and D on the class labels
     # models
@@ -112,38 +132,138 @@ class TrainConfig:
     compile: bool = False  # torch.compile G and D (faster on GPU after a slow first step)
     channels_last: bool = False  # NHWC memory layout: what tensor cores want under AMP (GPU)
     fast_step: bool = False  # replay each step as one CUDA graph (sagan_edu.fast_step; CUDA only)
-    device: str = "auto"  # "auto" (CUDA if available, else CPU), "cuda", "cpu", "mps"
+    device: str = "auto"  # "auto" (CUDA if available, else CPU), "cuda", "cuda:N", "cpu", "mps"
     seed: int = 0
     # bookkeeping
     out_dir: str = "runs/sagan"
     log_every: int = 50  # history and callback every this many steps
     checkpoint_every: int = 500  # also at the end
-    resume: bool = False  # continue from out_dir/checkpoint.pt if it exists
+    resume: bool = False  # continue from out_dir/checkpoint.pt (warns if there is none)
+    overwrite: bool = False  # replace a checkpoint in out_dir (else such a folder is refused)
     progress: bool = True  # show a tqdm progress bar
 
     def __post_init__(self):
-        self.attention_at = tuple(int(s) for s in self.attention_at)
-        self.betas = tuple(float(b) for b in self.betas)
-        for name in ("steps", "batch_size", "n_dis", "log_every", "checkpoint_every", "z_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("lr_g", "lr_d"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.attention_in not in ("both", "g", "d"):
+        _check_config_types(self)
+        _check_config_values(self)
+
+
+def _check_config_types(config: TrainConfig) -> None:
+    """Check every field against its annotation, so a wrong type fails here and not mid-run.
+
+    steps=2.5 or steps="100" would otherwise train a surprising number of steps, and
+    attention_at="16" would become the sizes (1, 6).
+    """
+    for field in fields(config):
+        name, value, kind = field.name, getattr(config, field.name), field.type
+        if kind == "int":
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number, got {_show(value)}")
+            setattr(config, name, int(value))  # numpy integers become plain ints
+        elif kind == "float":
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {_show(value)}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            setattr(config, name, float(value))
+        elif kind == "bool" and not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {_show(value)}")
+        elif kind in ("str", "str | None"):
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)  # a Path is fine for folders; stored as str
+                setattr(config, name, value)
+            if not (isinstance(value, str) or (value is None and kind == "str | None")):
+                raise ValueError(f"{name} must be a string, got {_show(value)}")
+    config.attention_at = _int_tuple("attention_at", config.attention_at, example="(16,) or ()")
+    config.betas = _float_pair("betas", config.betas)
+
+
+def _check_config_values(config: TrainConfig) -> None:
+    """Ranges and names: everything a value can be wrong about without looking at the data."""
+    for name in ("img_size", "z_dim", "g_channels", "d_channels", "steps", "batch_size", "n_dis",
+                 "log_every", "checkpoint_every"):  # fmt: skip
+        _at_least(name, getattr(config, name), 1)
+    _at_least("seed", config.seed, 0)
+    if config.img_size not in IMG_SIZES:
+        raise ValueError(
+            f"img_size must be one of {', '.join(map(str, IMG_SIZES))}, got {config.img_size}; "
+            "the datasets are resized to it"
+        )
+    for name in ("g_channels", "d_channels"):
+        if getattr(config, name) % 8:
             raise ValueError(
-                f"attention_in must be 'both', 'g' (generator only) or 'd' (discriminator "
-                f"only), got {self.attention_in!r}"
+                f"{name} must be a multiple of 8 (self-attention uses channels/8 for its queries "
+                f"and keys), got {getattr(config, name)}"
             )
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+    for size in config.attention_at:
+        _at_least("every attention_at size", size, 1)
+    for name in ("lr_g", "lr_d"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+    for beta in config.betas:
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"each of betas must be in [0, 1), got {config.betas}")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    if config.attention_in not in ("both", "g", "d"):
+        raise ValueError(
+            f"attention_in must be 'both', 'g' (generator only) or 'd' (discriminator "
+            f"only), got {config.attention_in!r}"
+        )
+    for name, known in (("dataset", DATASETS), ("arch", ARCHS), ("loss", LOSSES),
+                        ("attention_block", ATTENTION_BLOCKS)):  # fmt: skip
+        if getattr(config, name) not in known:
+            raise ValueError(
+                f"unknown {name} {getattr(config, name)!r}; choose one of {', '.join(known)}"
+            )
+    _check_device_name(config.device)
+    if not config.out_dir:
+        raise ValueError("out_dir must name a folder, got an empty string")
+    if config.resume and config.overwrite:
+        raise ValueError(
+            "resume and overwrite contradict each other: resume continues the checkpoint in "
+            "out_dir, overwrite replaces it. Pass one of them"
+        )
+
+
+def _show(value: object) -> str:
+    return f"{value!r} (a {type(value).__name__})"
+
+
+def _at_least(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {value}")
+
+
+def _int_tuple(name: str, value: object, example: str) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes, numbers.Number)) or not hasattr(value, "__iter__"):
+        raise ValueError(
+            f"{name} must be a tuple of whole numbers such as {example}, got {_show(value)}"
+        )
+    items = tuple(value)
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+        raise ValueError(f"{name} must hold whole numbers only, such as {example}, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def _float_pair(name: str, value: object) -> tuple[float, float]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a pair of numbers such as (0.0, 0.9), got {_show(value)}")
+    items = tuple(value)
+    if len(items) != 2 or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in items
+    ):
+        raise ValueError(
+            f"{name} must be a pair of finite numbers such as (0.0, 0.9), got {value!r}"
+        )
+    return (float(items[0]), float(items[1]))
 
 
 # Settings that may change when a run is resumed; everything else comes from the checkpoint.
 # The learning rates may change too: lowering them is the usual answer to a diverged run.
 RESUMABLE_OVERRIDES = (
     "steps", "out_dir", "log_every", "checkpoint_every", "device", "compile", "progress", "resume",
-    "lr_g", "lr_d", "channels_last", "fast_step",
+    "lr_g", "lr_d", "channels_last", "fast_step", "overwrite", "download",
 )  # fmt: skip
 
 
@@ -164,19 +284,33 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, callback: Callable[[Trainer], None] | None = None):
-        checkpoint = None
+        if not isinstance(config, TrainConfig):
+            hint = "; build one with TrainConfig(**settings)" if isinstance(config, dict) else ""
+            raise ValueError(f"Trainer needs a TrainConfig, got {type(config).__name__}{hint}")
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be a function of the trainer, got {callback!r}")
         checkpoint_path = Path(config.out_dir) / CHECKPOINT_NAME
-        if config.resume and checkpoint_path.exists():
-            checkpoint = load_checkpoint(checkpoint_path)
-            config = _resumed_config(config, checkpoint["config"])
+        checkpoint = _checkpoint_to_resume(config, checkpoint_path)
+        if checkpoint is not None:
+            config = _resumed_config(config, checkpoint["config"], checkpoint_path)
         self.config = config
         self.callback = callback
         self.checkpoint_path = checkpoint_path
         self.rank, self.world_size, self.device = init_distributed(config.device)
         self.is_main = self.rank == 0  # only rank 0 writes checkpoints, logs and figures
+        self._lock: RunLock | None = None  # held while fit() runs (see _locked)
+        if self.is_main:
+            # Fail now, not at the first checkpoint minutes later: the folder must be writable,
+            # and no other run may be training into it.
+            check_output_folder(config.out_dir, "out_dir (--out)")
+            with RunLock(config.out_dir):
+                pass
         torch.manual_seed(config.seed)  # model initialisation: the same on every rank
 
-        self.dataset = load_dataset(config.dataset, root=config.data_root, img_size=config.img_size)
+        self.dataset = load_dataset(
+            config.dataset, root=config.data_root, img_size=config.img_size,
+            download=config.download,
+        )  # fmt: skip
         self.num_classes = self.dataset.num_classes if config.conditional else None
         if config.conditional and self.num_classes is None:
             raise ValueError(
@@ -356,6 +490,12 @@ class Trainer:
 
     def fit(self) -> dict[str, list[float]]:
         """Train until `config.steps`, logging, calling back and checkpointing. Returns history."""
+        with self._locked():
+            if self.is_main:  # the lock is ours: a temporary file here is a killed run's leftover
+                remove_stale_temp_files(self.checkpoint_path)
+            return self._fit()
+
+    def _fit(self) -> dict[str, list[float]]:
         config = self.config
         bar = tqdm(
             total=config.steps, initial=self.step_count, desc="training", unit="step",
@@ -435,6 +575,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),
+            "sagan_edu_version": __version__,  # named in the error if an older version reads it
             "step": self.step_count,
             "G_config": self.G.config(),  # enough to rebuild G and D without the dataset
             "D_config": self.D.config(),
@@ -479,8 +620,23 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Write the full training state atomically; returns the path."""
         path = Path(path) if path is not None else self.checkpoint_path
-        atomic_save(self.state_dict(), path)
+        with self._locked():
+            atomic_save(self.state_dict(), path)
         return path
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Hold the run folder's lock (rank 0 only) unless this trainer holds it already."""
+        if self._lock is not None or not self.is_main:
+            yield
+            return
+        self._lock = RunLock(self.config.out_dir)
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+            self._lock = None
 
 
 def train(config: TrainConfig, callback: Callable[[Trainer], None] | None = None) -> Trainer:
@@ -522,6 +678,8 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     Buffers (BatchNorm running statistics, spectral-norm vectors) are statistics of the current
     weights, not weights to average, so the EMA model takes them from the model directly.
     """
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"decay must be in [0, 1] (1 keeps the EMA unchanged), got {decay}")
     ema_params, params = list(ema_model.parameters()), list(model.parameters())
     ema_buffers, buffers = list(ema_model.buffers()), list(model.buffers())
     if len(ema_params) != len(params) or len(ema_buffers) != len(buffers):
@@ -551,7 +709,14 @@ def sample_images(
 
     For a class-conditional generator without `labels`, the classes cycle 0, 1, 2, ...
     The noise z is drawn on the CPU, so a seed gives the same images on every device.
+    n = 0 gives an empty (0, C, H, W) batch.
     """
+    if not isinstance(generator, nn.Module) or not hasattr(generator, "z_dim"):
+        raise ValueError(f"generator must be a sagan_edu Generator, got {type(generator).__name__}")
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n, the number of images, must be a whole number ≥ 0, got {n!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"seed must be a whole number, got {seed!r}")
     device = next(generator.parameters()).device
     # Drawn on the CPU, then moved: CPU and CUDA generators give different numbers for the same
     # seed, and this way every device samples the same images (up to rounding).
@@ -584,17 +749,61 @@ def init_distributed(device_name: str = "auto") -> tuple[int, int, torch.device]
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' means CUDA when a GPU is visible, else CPU."""
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' means CUDA when a GPU is visible, else CPU. Raises ValueError, naming the devices
+    that exist here, for a device this machine does not have."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    _check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            "device='cuda' was asked for but PyTorch sees no GPU; use device='auto' or 'cpu' "
-            "(on Colab: Runtime > Change runtime type > GPU)"
+            f"device={name!r} was asked for but PyTorch sees no GPU here; devices here: "
+            f"{', '.join(available_devices())}. Use device='auto' or 'cpu' (on Colab: Runtime > "
+            "Change runtime type > GPU)"
+        )
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
+        raise ValueError(
+            f"device={name!r} does not exist; devices here: {', '.join(available_devices())}"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device='mps' (Apple GPU) is not available on this machine; devices here: "
+            f"{', '.join(available_devices())}"
         )
     return device
+
+
+def available_devices() -> list[str]:
+    """The device names this machine can use, e.g. ['auto', 'cpu', 'cuda', 'cuda:0']."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def _check_device_name(name: object) -> None:
+    """A device string in a form this library trains on (whether it exists is checked later)."""
+    if not isinstance(name, str):
+        raise ValueError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {name!r}")
+    kind, _, index = name.partition(":")
+    if kind == "cuda":
+        known = not index or index.isdigit()  # "cuda" or "cuda:N"
+    else:
+        known = kind in ("auto", "cpu", "mps") and not index
+    if not known:
+        raise ValueError(
+            f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (devices "
+            f"here: {', '.join(available_devices())})"
+        )
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -605,49 +814,46 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if major >= 8 else torch.float16
 
 
-def atomic_save(obj: object, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename it over `path`.
-
-    The rename is atomic on POSIX and Windows, so a reader (or a crash) sees either the old file
-    or the complete new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a training checkpoint safely (weights_only=True: no arbitrary code runs)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no checkpoint at {path}; train first (sagan-edu train --out {path.parent}) or "
-            "check the path"
-        )
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
 def load_generator(
     path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True
 ) -> Generator:
     """The (EMA, by default) generator of a checkpoint, in eval mode, ready to sample from."""
+    device = pick_device(device)
     state = load_checkpoint(path, map_location=device)
+    known = set(inspect.signature(Generator).parameters)
+    check_known_settings(path, "generator config", state["G_config"], known)
     generator = Generator(**state["G_config"])
     generator.load_state_dict(state["G_ema" if ema else "G"])
     return generator.to(device).eval()
 
 
-def _resumed_config(requested: TrainConfig, saved: dict) -> TrainConfig:
+def _checkpoint_to_resume(config: TrainConfig, path: Path) -> dict | None:
+    """The checkpoint a run continues from, or None to start at step 0; refuses to clobber one.
+
+    A folder that holds a checkpoint is continued (resume), replaced (overwrite) or refused:
+    training into it from step 0 would silently replace the work saved there.
+    """
+    if path.is_file():
+        if config.resume:
+            return load_checkpoint(path)
+        if not config.overwrite:
+            raise ValueError(
+                f"{path.parent} already holds a training checkpoint ({path.name}). To continue "
+                f"that run pass --resume (resume=True); to start a new run, pass another --out "
+                f"(out_dir); to replace it, pass --overwrite (overwrite=True)"
+            )
+    elif config.resume:
+        warnings.warn(
+            f"resume was asked for but there is no checkpoint in {path.parent}; starting a new "
+            "run from step 0",
+            stacklevel=3,
+        )
+    return None
+
+
+def _resumed_config(requested: TrainConfig, saved: dict, path: Path) -> TrainConfig:
     """The checkpoint's config, with only the settings that may change taken from `requested`."""
+    check_known_settings(path, "training config", saved, {f.name for f in fields(TrainConfig)})
     saved_config = TrainConfig(**saved)
     ignored = [
         f.name for f in fields(TrainConfig)

@@ -312,6 +312,12 @@ def plot_sequence_attention(
 
 def plot_history(history: dict[str, list[float]]) -> Figure:
     """Losses and the mean D output on real and fake images against step."""
+    missing = [k for k in ("step", "loss_d", "loss_g", "d_real", "d_fake") if k not in history]
+    if missing:
+        raise ValueError(
+            f"history lacks {', '.join(missing)}: pass a Trainer's history after at least one "
+            "log (trainer.history, or history.json of a run folder)"
+        )
     steps = history["step"]
     fig, (ax_loss, ax_d) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax_loss.plot(steps, history["loss_d"], label="D loss")

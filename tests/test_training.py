@@ -265,8 +265,10 @@ def test_exact_resume_in_a_new_process(tmp_path, one_thread):
 
 def test_resume_without_checkpoint_starts_fresh_and_warns_on_changed_settings(tmp_path):
     config = tiny_config(tmp_path, resume=True, steps=2)
-    assert Trainer(config).step_count == 0  # nothing to resume yet
-    training.train(config)
+    with pytest.warns(UserWarning, match="no checkpoint in .*starting a new run from step 0"):
+        assert Trainer(config).step_count == 0  # nothing to resume yet
+    with pytest.warns(UserWarning, match="no checkpoint"):
+        training.train(config)
     with pytest.warns(UserWarning, match=r"n_dis=3"):
         trainer = Trainer(replace(config, steps=4, n_dis=3, lr_d=1e-4))
     assert trainer.config.n_dis == 1 and trainer.config.steps == 4 and trainer.step_count == 2

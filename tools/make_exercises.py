@@ -18,9 +18,13 @@ nbgrader's markers, so instructors who use nbgrader can feed it the same noteboo
 - Everything else is copied as it is; outputs are cleared, and the first two cells (Colab badge
   and setup) are rewritten for the exercise notebook's own path by tools/sync_notebooks.py.
 
+First it gives solutions/ its nbgrader cell metadata (tools/nbgrader_metadata.py), which the
+exercises keep, so an instructor can autograde them with nbgrader.
+
 A small script rather than nbgrader itself: nbgrader's ClearSolutions writes one fixed stub for
-every exercise (no per-exercise hint), and installing nbgrader pulls in a database layer
-(SQLAlchemy, alembic) and server extensions this course does not otherwise need.
+every exercise (no per-exercise hint), and students and Colab should not need nbgrader's database
+layer and server extensions. tests/test_nbgrader.py checks that `nbgrader generate_assignment`
+makes the same student notebooks, up to the stubs' hints.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sync_notebooks import synced  # a sibling script, not a package
+from nbgrader_metadata import main as write_nbgrader_metadata  # sibling scripts, not a package
+from sync_notebooks import synced
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only report what is out of date")
     args = parser.parse_args(argv)
+    if write_nbgrader_metadata(["--check"] if args.check else []):  # solutions/ first
+        return 1
     try:
         expected = expected_exercises()
     except MarkerError as err:

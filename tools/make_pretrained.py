@@ -8,7 +8,9 @@ For NAME this runs `sagan-edu train <RECIPES[NAME] args> --out runs/pretrained/N
 resumes if a checkpoint is already there), exports the EMA generator (and D where the recipe keeps
 it) in float16 to sagan_edu/weights/NAME.safetensors, and rewrites weights/SHA256SUMS.
 On 2 CPU cores a 1,500-step run takes 10 to 20 minutes; on a GPU, a minute or two.
-The metrics' classifier has its own command: `sagan-edu train-classifier`.
+The metrics' classifier has its own command, which writes into the package only when told to:
+`sagan-edu train-classifier --out sagan_edu/weights/mnist5k-classifier.safetensors --overwrite`
+(what `make pretrained` runs).
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ def synced(nb: nbformat.NotebookNode, relative_path: str) -> nbformat.NotebookNo
             is_setup(old) and new.cell_type == "code"
         ):
             new.id = old.get("id", new.id)  # keep cell ids stable: smaller diffs
+            new.metadata = old.metadata  # and nbgrader's metadata (tools/nbgrader_metadata.py)
     nb.cells = [badge, setup, *body]
     return nb
 

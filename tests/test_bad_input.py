@@ -1,0 +1,475 @@
+"""Bad input, second runs and wrong devices: a clear error (what was wrong, how to fix it), never
+a silent surprise and never lost work. Checkpoint files have their own tests in
+tests/test_checkpoints.py."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sagan_edu
+from sagan_edu import cli, pretrained, training
+from sagan_edu.attention import MultiHeadAttention, SelfAttention2d, scaled_dot_product_attention
+from sagan_edu.cli import main
+from sagan_edu.data import consistency_score, load_dataset
+from sagan_edu.metrics import consistency, fd_and_kid
+from sagan_edu.models import Discriminator, Generator
+from sagan_edu.training import TrainConfig, Trainer, load_checkpoint, sample_images
+
+TINY = ["--z-dim", "16", "--g-channels", "8", "--d-channels", "8", "--batch-size", "8",
+        "--log-every", "1", "--no-progress"]  # fmt: skip
+NO_GPU = not torch.cuda.is_available()
+
+
+def tiny_config(tmp_path, **overrides) -> TrainConfig:
+    settings = dict(
+        z_dim=16, g_channels=8, d_channels=8, batch_size=8, steps=2, log_every=1,
+        checkpoint_every=2, out_dir=str(tmp_path / "run"), progress=False, seed=1,
+    )  # fmt: skip
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI, expect a user error: exit status 2 and exactly one line on stderr."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+# ---------------------------------------------------------------------------------------------
+# TrainConfig: types and ranges checked when the config is built
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"steps": 2.5}, r"steps must be a whole number, got 2\.5 \(a float\)"),
+        ({"steps": "100"}, r"steps must be a whole number, got '100' \(a str\)"),
+        ({"steps": True}, "steps must be a whole number"),
+        ({"steps": 0}, "steps must be a positive integer, got 0"),
+        ({"batch_size": -4}, "batch_size must be a positive integer"),
+        ({"seed": -1}, "seed must be at least 0"),
+        ({"img_size": None}, "img_size must be a whole number"),
+        ({"attention_at": 16}, r"attention_at must be a tuple .* such as \(16,\)"),
+        ({"attention_at": "16"}, r"attention_at must be a tuple .* got '16'"),
+        ({"attention_at": (16.0,)}, "attention_at must hold whole numbers"),
+        ({"attention_at": (0,)}, "attention_at size must be a positive integer"),
+        ({"betas": (1.5, 0.9)}, r"betas must be in \[0, 1\)"),
+        ({"betas": (0.9,)}, "betas must be a pair"),
+        ({"betas": 0.9}, "betas must be a pair"),
+        ({"lr_d": math.inf}, "lr_d must be a finite number, got inf"),
+        ({"lr_g": math.nan}, "lr_g must be a finite number"),
+        ({"lr_d": -1e-4}, "lr_d must be positive"),
+        ({"lr_g": "1e-4"}, "lr_g must be a number"),
+        ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\)"),
+        ({"resume": "yes"}, "resume must be True or False"),
+        ({"amp": 1}, "amp must be True or False"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; choose one of mnist5k"),
+        ({"arch": "vit"}, "unknown arch 'vit'; choose one of dcgan, resnet"),
+        ({"loss": "wgan"}, "unknown loss 'wgan'; choose one of hinge"),
+        ({"device": "tpu"}, r"unknown device 'tpu'; use 'auto', 'cpu', .*devices here: auto, cpu"),
+        ({"device": "gpu"}, "unknown device 'gpu'"),
+        ({"out_dir": ""}, "out_dir must name a folder"),
+        ({"out_dir": 5}, "out_dir must be a string"),
+        ({"resume": True, "overwrite": True}, "resume and overwrite contradict"),
+        ({"img_size": 48}, "img_size must be one of 32, 64, 128, got 48"),
+        ({"g_channels": 12}, "g_channels must be a multiple of 8"),
+        ({"d_channels": 4}, "d_channels must be a multiple of 8"),
+    ],
+)
+def test_bad_config_values_fail_when_the_config_is_built(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tmp_path, **overrides)
+
+
+def test_config_accepts_what_a_user_would_reasonably_pass(tmp_path):
+    config = tiny_config(tmp_path, steps=np.int64(3), lr_d=1, attention_at=[16],
+                         betas=[0, 0.9], out_dir=tmp_path / "run")  # fmt: skip
+    assert config.steps == 3 and type(config.steps) is int
+    assert config.lr_d == 1.0 and type(config.lr_d) is float
+    assert config.attention_at == (16,) and config.betas == (0.0, 0.9)
+    assert config.out_dir == str(tmp_path / "run")
+
+
+def test_cli_type_errors_are_one_line(capsys):
+    err = cli_error(capsys, ["train", "--steps", "2.5"])
+    assert "--steps" in err and "2.5" in err and "--help" in err
+    err = cli_error(capsys, ["train", "--betas", "1"])  # betas are not a CLI option
+    assert "unrecognized arguments: --betas" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Second runs: never replace a checkpoint by accident
+# ---------------------------------------------------------------------------------------------
+
+
+def test_training_into_a_folder_with_a_checkpoint_is_refused_and_keeps_it(tmp_path):
+    config = tiny_config(tmp_path, steps=3, checkpoint_every=3)
+    training.train(config)
+    path = Path(config.out_dir) / "checkpoint.pt"
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"already holds a training checkpoint") as error:
+        Trainer(tiny_config(tmp_path, steps=1))
+    for way_out in ("--resume", "--out", "--overwrite"):
+        assert way_out in str(error.value)
+    assert path.read_bytes() == before
+
+    replaced = training.train(tiny_config(tmp_path, steps=1, overwrite=True))
+    assert replaced.step_count == 1 and load_checkpoint(path)["step"] == 1
+
+
+def test_cli_second_run_without_resume_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--steps", "3", "--out", out, *TINY]) == 0
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    err = cli_error(capsys, ["train", "--steps", "1", "--out", out, *TINY])
+    assert "--resume" in err and "--out" in err and "--overwrite" in err
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    err = cli_error(capsys, ["train", "--steps", "1", "--out", out, "--resume", "--overwrite"])
+    assert "contradict" in err
+    assert main(["train", "--steps", "1", "--out", out, "--overwrite", *TINY]) == 0
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+
+
+def test_cli_resume_without_a_checkpoint_warns_visibly_and_starts_at_0(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--steps", "1", "--out", out, "--resume", *TINY]) == 0
+    captured = capsys.readouterr()
+    assert "sagan-edu train: warning: resume was asked for but there is no checkpoint" in (
+        captured.err
+    )
+    assert "from step 0 to 1" in captured.out
+
+
+def test_bad_output_folders_fail_at_start(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"out_dir \(--out\) .*notes.txt is a file, not a folder"):
+        Trainer(tiny_config(tmp_path, out_dir=str(a_file)))
+    with pytest.raises(ValueError, match=r"lies below .*notes.txt, which is a file"):
+        Trainer(tiny_config(tmp_path, out_dir=str(a_file / "run")))
+    assert a_file.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_read_only_output_folder_fails_at_start(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(ValueError, match=r"cannot be written .*pass a folder you can write"):
+            Trainer(tiny_config(tmp_path, out_dir=str(locked / "run")))
+    finally:
+        locked.chmod(0o755)
+
+
+def test_read_only_output_folder_check_sees_failed_writes(tmp_path, monkeypatch):
+    """The check really writes a file, so it also catches read-only mounts (simulated)."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    with pytest.raises(ValueError, match=r"cannot be written \(Permission denied\)"):
+        Trainer(tiny_config(tmp_path))
+
+
+def test_cli_output_paths_below_a_file(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    err = cli_error(capsys, ["train", "--out", str(a_file / "run"), "--steps", "1"])
+    assert "lies below" in err and "notes.txt" in err
+    out = str(tmp_path / "run")
+    assert main(["train", "--steps", "1", "--out", out, *TINY]) == 0
+    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
+    err = cli_error(capsys, ["sample", "--checkpoint", checkpoint, "--out", str(a_file / "s.png")])
+    assert "lies below" in err
+    err = cli_error(
+        capsys, ["export", "--checkpoint", checkpoint, "--out", str(a_file / "g.safetensors")]
+    )
+    assert "lies below" in err
+    err = cli_error(capsys, ["sample", "--checkpoint", checkpoint, "--out", str(tmp_path)])
+    assert "must end in .png" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# train-classifier: never into the package, never 0 epochs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_train_classifier_default_output_is_outside_the_package():
+    default = cli.build_parser().parse_args(["train-classifier"]).out
+    package = Path(sagan_edu.__file__).parent.resolve()
+    assert package not in default.resolve().parents
+    assert default.suffix == ".safetensors"
+
+
+def test_train_classifier_bad_arguments(tmp_path, capsys):
+    err = cli_error(
+        capsys, ["train-classifier", "--epochs", "0", "--out", str(tmp_path / "c.safetensors")]
+    )
+    assert "epochs must be a whole number ≥ 1, got 0" in err
+    existing = tmp_path / "c.safetensors"
+    existing.write_bytes(b"keep me")
+    err = cli_error(capsys, ["train-classifier", "--out", str(existing)])
+    assert "exists" in err and "--overwrite" in err
+    assert existing.read_bytes() == b"keep me"
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices: each error names the devices that exist here
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_device_from_the_cli(tmp_path, capsys):
+    err = cli_error(capsys, ["train", "--device", "tpu", "--out", str(tmp_path / "run")])
+    assert "unknown device 'tpu'" in err and "devices here: auto, cpu" in err
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_without_mps(tmp_path, capsys):
+    err = cli_error(capsys, ["train", "--device", "mps", "--out", str(tmp_path / "run"), *TINY])
+    assert "'mps' (Apple GPU) is not available" in err and "devices here: auto, cpu" in err
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
+def test_cuda_without_a_gpu(tmp_path):
+    with pytest.raises(ValueError, match=r"sees no GPU here; devices here: auto, cpu"):
+        pretrained.load("mnist5k-sagan32", device="cuda")
+    with pytest.raises(ValueError, match=r"sees no GPU here"):
+        Trainer(tiny_config(tmp_path, device="cuda"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors: empty batches just work; wrong dtypes and sizes say so
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sample_sizes():
+    G = Generator(z_dim=16, base_channels=8)
+    with pytest.raises(ValueError, match=r"whole number ≥ 0, got -5"):
+        sample_images(G, -5)
+    with pytest.raises(ValueError, match=r"got 2.5"):
+        sample_images(G, 2.5)
+    assert sample_images(G, 0).shape == (0, 1, 32, 32)
+
+
+def test_trainer_sample_zero_is_an_empty_batch(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path))
+    assert trainer.sample(0).shape == (0, 1, 32, 32)
+
+
+def test_self_attention_on_an_empty_batch_just_works():
+    layer = SelfAttention2d(16)
+    x = torch.randn(0, 16, 8, 8)
+    assert layer(x).shape == (0, 16, 8, 8)
+    y, attention = layer(x, return_attention=True)
+    assert y.shape == (0, 16, 8, 8) and attention.shape == (0, 64, 16)
+
+
+@pytest.mark.parametrize("channels", [0, -8, 8.0, True])
+def test_self_attention_needs_positive_integer_channels(channels):
+    with pytest.raises(ValueError, match=r"channels must be a positive integer"):
+        SelfAttention2d(channels)
+
+
+def test_self_attention_dtype_errors():
+    layer = SelfAttention2d(16)
+    with pytest.raises(ValueError, match=r"input is torch.float64 .* weights are torch.float32"):
+        layer(torch.randn(2, 16, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"floating-point feature maps, got dtype torch.int64"):
+        layer(torch.ones(2, 16, 8, 8, dtype=torch.long))
+    # A float64 layer takes float64 input: the check is about agreement, not about float32.
+    x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
+    assert SelfAttention2d(16, spectral_norm=False).double()(x).dtype == torch.float64
+
+
+def test_multi_head_attention_dtype_error():
+    mha = MultiHeadAttention(8, 2)
+    with pytest.raises(ValueError, match=r"inputs are torch.float64 but this layer's weights"):
+        mha(torch.randn(2, 3, 8, dtype=torch.float64))
+
+
+def test_generator_and_discriminator_dtype_errors():
+    G, D = Generator(z_dim=16, base_channels=8), Discriminator(base_channels=8)
+    with pytest.raises(ValueError, match=r"z is torch.float64 .* z.to\(torch.float32\)"):
+        G(torch.randn(2, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"uint8.*x.float\(\) / 127.5 - 1"):
+        D(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast, mixed dtypes are the point
+        assert D(torch.zeros(2, 1, 32, 32, dtype=torch.bfloat16)).shape == (2,)
+
+
+def test_attention_function_rejects_integers_and_zero_width_keys():
+    ints = torch.ones(2, 3, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"must be floating point .* .float()"):
+        scaled_dot_product_attention(ints, ints, ints)
+    with pytest.raises(ValueError, match=r"width 0"):
+        scaled_dot_product_attention(torch.ones(2, 3, 0), torch.ones(2, 3, 0), torch.ones(2, 3, 4))
+
+
+def api_calls() -> dict:
+    """name -> (a call with a bad argument, what its error must say)."""
+    from sagan_edu.metrics import class_coverage, class_histogram, frechet_distance
+    from sagan_edu.training import update_ema
+    from sagan_edu.viz import plot_history
+
+    G = Generator(z_dim=16, base_channels=8)
+    return {
+        "load_checkpoint(123)": (lambda: load_checkpoint(123), "path must be a string or a Path"),
+        "sample_images('G')": (lambda: sample_images("G", 2), "must be a sagan_edu Generator"),
+        "sample_images(seed='a')": (lambda: sample_images(G, 2, seed="a"), "seed must be a whole"),
+        "update_ema(decay=1.5)": (lambda: update_ema(G, G, 1.5), r"decay must be in \[0, 1\]"),
+        "class_coverage(zeros)": (
+            lambda: class_coverage(torch.zeros(10)),
+            "positive total, as class_histogram returns",
+        ),
+        "class_histogram(empty)": (lambda: class_histogram(torch.zeros(0, 1, 32, 32)), "non-empty"),
+        "frechet_distance(numpy)": (
+            lambda: frechet_distance(np.zeros((3, 4)), np.zeros((3, 4))),
+            "must be a torch.Tensor",
+        ),
+        "plot_history({})": (lambda: plot_history({}), "history lacks step"),
+        "pretrained.load(None)": (lambda: pretrained.load(None), "name must be a string"),
+        "Trainer(dict)": (lambda: Trainer({"steps": 2}), r"TrainConfig\(\*\*settings\)"),
+        "scaled_dot_product_attention(scale=nan)": (
+            lambda: scaled_dot_product_attention(*[torch.ones(1, 2, 4)] * 3, scale=math.nan),
+            "scale must be a finite number",
+        ),
+        "pretrained.load(device='tpu')": (
+            lambda: pretrained.load(device="tpu"),
+            "unknown device 'tpu'.*devices here: auto, cpu",
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(api_calls()))
+def test_public_functions_reject_bad_arguments_clearly(name):
+    call, message = api_calls()[name]
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics: the wrong range, too few images
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("mnist5k", train=False, img_size=32).images[:20]
+
+
+def test_fd_and_kid_refuses_zero_one_and_uint8_images(digits):
+    zero_one = (digits + 1) / 2
+    with pytest.raises(ValueError, match=r"look like \[0, 1\] images.*images \* 2 - 1"):
+        fd_and_kid(digits, zero_one)
+    pixels = ((digits + 1) * 127.5).round().to(torch.uint8)
+    with pytest.raises(ValueError, match=r"dtype torch.uint8.*images.float\(\) / 127.5 - 1"):
+        fd_and_kid(digits, pixels)
+    with pytest.raises(ValueError, match=r"look like 0..255 images.*images / 127.5 - 1"):
+        fd_and_kid(pixels.float(), digits)
+
+
+def test_fd_and_kid_names_the_minimum_number_of_images(digits):
+    with pytest.raises(ValueError, match=r"holds 1 image.*at least 2 per set"):
+        fd_and_kid(digits, digits[:1])
+    with pytest.raises(ValueError, match=r"holds 0 image"):
+        fd_and_kid(digits[:0], digits)
+    with pytest.raises(ValueError, match=r"grey images \(B, 1, H, W\)"):
+        fd_and_kid(digits, digits.repeat(1, 3, 1, 1))
+
+
+def test_consistency_needs_two_images_and_the_score_needs_one():
+    images = load_dataset("twin-shapes", length=2).images
+    with pytest.raises(ValueError, match=r"at least 2 images.*consistency_score"):
+        consistency(images[:1])
+    with pytest.raises(ValueError, match=r"images is empty"):
+        consistency_score(images[:0])
+    both = consistency(images)
+    assert math.isfinite(both["mean"]) and math.isfinite(both["std"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped weights: checksums and wrong files
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def weights_copy(tmp_path, monkeypatch):
+    """A copy of the shipped weights folder that the tests may damage."""
+    folder = tmp_path / "weights"
+    shutil.copytree(pretrained.WEIGHTS_DIR, folder)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", folder)
+    return folder
+
+
+def test_a_flipped_byte_in_a_shipped_file_is_caught(weights_copy):
+    pretrained.load("mnist5k-sagan32")  # the intact copy loads
+    path = weights_copy / "mnist5k-sagan32.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, in the middle of the tensors
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"damaged or was replaced.*SHA256SUMS.*Reinstall"):
+        pretrained.load("mnist5k-sagan32")
+
+
+def test_a_git_lfs_pointer_is_named(weights_copy):
+    path = weights_copy / "twin-shapes-sagan32.safetensors"
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1862406\n")
+    with pytest.raises(ValueError, match=r"Git LFS pointer.*git lfs pull"):
+        pretrained.load("twin-shapes-sagan32")
+
+
+def test_wrong_weight_files_outside_the_package(tmp_path):
+    shipped = pretrained.WEIGHTS_DIR / "mnist5k-sagan32.safetensors"
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(shipped.read_bytes()[:100_000])
+    with pytest.raises(ValueError, match=r"cut.safetensors cannot be loaded: it is truncated"):
+        pretrained.load(str(truncated))
+    classifier = tmp_path / "classifier.safetensors"
+    shutil.copy(pretrained.WEIGHTS_DIR / "mnist5k-classifier.safetensors", classifier)
+    with pytest.raises(ValueError, match=r"holds no GAN generator.*some other model's"):
+        pretrained.load(str(classifier))
+    with pytest.raises(ValueError, match=r"training checkpoint use .*load_generator"):
+        pretrained.load(str(tmp_path / "run" / "checkpoint.pt"))
+    with pytest.raises(FileNotFoundError, match=r"no pretrained weights 'mnist5k-sagan'; shipped:"):
+        pretrained.load("mnist5k-sagan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets the CLI must download
+# ---------------------------------------------------------------------------------------------
+
+
+def test_missing_torchvision_dataset_tells_cli_users_about_download(tmp_path, capsys):
+    err = cli_error(capsys, ["train", "--dataset", "mnist", "--data-root", str(tmp_path / "data"),
+                             "--out", str(tmp_path / "run"), *TINY])  # fmt: skip
+    assert "sagan-edu train --download" in err and "mnist5k" in err
+
+
+def test_download_setting_reaches_the_dataset_loader(tmp_path, monkeypatch):
+    seen = {}
+    real_load = training.load_dataset
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real_load("mnist5k", img_size=32)
+
+    monkeypatch.setattr(training, "load_dataset", spy)
+    Trainer(tiny_config(tmp_path, dataset="mnist", download=True))
+    assert seen["download"] is True
+    args = cli.build_parser().parse_args(["train", "--download"])
+    assert args.download is True
