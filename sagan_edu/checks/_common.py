@@ -183,6 +183,17 @@ def _tensor(value: Any, what: str) -> Tensor:
     return value
 
 
+def _scalar_loss(value: Any, what: str) -> Tensor:
+    """The learner's loss as a tensor, refused unless it is one number (a 0-d tensor)."""
+    loss = _tensor(value, what)
+    if loss.dim() != 0:
+        _fail(
+            f"{what} has shape {tuple(loss.shape)}; a loss is a single number (a 0-d tensor): "
+            "average over the batch with .mean()"
+        )
+    return loss
+
+
 def _pair(value: Any, what: str, names: str) -> tuple[Any, Any]:
     if value is None:
         _fail(f"{what} returned None: did you forget the `return` statement?")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +22,7 @@ from sagan_edu.checks._common import (
     _pair,
     _passed,
     _randn,
+    _scalar_loss,
     _tensor,
     checked,
 )
@@ -327,16 +327,6 @@ def _logit_cases(seed: int = 0) -> list[tuple[str, Tensor, Tensor]]:
             _randn(6, gen=gen, dtype=torch.float64),
         ),
     ]
-
-
-def _scalar_loss(value: Any, what: str) -> Tensor:
-    loss = _tensor(value, what)
-    if loss.dim() != 0:
-        _fail(
-            f"{what} has shape {tuple(loss.shape)}; a loss is a single number (a 0-d tensor): "
-            "average over the batch with .mean()"
-        )
-    return loss
 
 
 def _first_wrong_loss(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ from sagan_edu.checks._common import (
     _grads,
     _passed,
     _randn,
+    _scalar_loss,
     _tensor,
     checked,
 )
@@ -46,16 +46,6 @@ def _logit_pairs(seed: int = 0) -> list[tuple[str, Tensor, Tensor]]:
             _randn(5, gen=gen, dtype=torch.float64),
         ),
     ]
-
-
-def _scalar(value: Any, what: str) -> Tensor:
-    loss = _tensor(value, what)
-    if loss.dim() != 0:
-        _fail(
-            f"{what} has shape {tuple(loss.shape)}; a loss is a single number (a 0-d tensor): "
-            "average over the batch with .mean()"
-        )
-    return loss
 
 
 def _describe_logits(real: Tensor | None, fake: Tensor) -> str:
@@ -160,7 +150,7 @@ def check_d_nonsaturating_loss(d_loss: Callable[[Tensor, Tensor], Tensor]) -> No
         results = []
         for description, real, fake in _logit_pairs():
             where = f"{description}: real {tuple(real.shape)}, fake {tuple(fake.shape)}"
-            loss = _scalar(_call(d_loss, real.clone(), fake.clone()), "your D loss")
+            loss = _scalar_loss(_call(d_loss, real.clone(), fake.clone()), "your D loss")
             _expect_dtype(loss, real.dtype, "your D loss")
             results.append((where, real, fake, loss))
         _check_losses(
@@ -172,7 +162,7 @@ def check_d_nonsaturating_loss(d_loss: Callable[[Tensor, Tensor], Tensor]) -> No
         )
         real = torch.tensor([2.0, -0.5, 30.0]).requires_grad_()
         fake = torch.tensor([-1.0, 0.5, -30.0, 4.0]).requires_grad_()
-        loss = _scalar(_call(d_loss, real, fake), "your D loss")
+        loss = _scalar_loss(_call(d_loss, real, fake), "your D loss")
         _expect_graph(loss, "your D loss")
         got = _grads([loss], [real, fake])
         want = _grads([d_nonsaturating_loss(real, fake)], [real, fake])
@@ -216,7 +206,7 @@ def check_g_nonsaturating_loss(g_loss: Callable[[Tensor], Tensor]) -> None:
         results = []
         for description, _real, fake in _logit_pairs():
             where = f"{description}: fake {tuple(fake.shape)}"
-            loss = _scalar(_call(g_loss, fake.clone()), "your G loss")
+            loss = _scalar_loss(_call(g_loss, fake.clone()), "your G loss")
             _expect_dtype(loss, fake.dtype, "your G loss")
             results.append((where, None, fake, loss))
         _check_losses(
@@ -227,7 +217,7 @@ def check_g_nonsaturating_loss(g_loss: Callable[[Tensor], Tensor]) -> None:
             "Expected mean(softplus(−fake_logits)) = −mean(log σ(fake_logits)).",
         )
         fake = torch.tensor([-30.0, -1.0, 0.5, 4.0]).requires_grad_()
-        loss = _scalar(_call(g_loss, fake), "your G loss")
+        loss = _scalar_loss(_call(g_loss, fake), "your G loss")
         _expect_graph(loss, "your G loss")
         got = _grads([loss], [fake])[0]
         want = _grads([g_nonsaturating_loss(fake)], [fake])[0]
