@@ -338,6 +338,22 @@ def _expect_grad(
     )
 
 
+def _expect_loss_gradients(
+    fn: Callable, reference: Callable, logits: dict[str, Tensor], what: str, shown: str
+) -> None:
+    """Fail unless the gradients of `fn(*logits)` match `reference(*logits)`'s.
+
+    logits: name -> a 1-D tensor of logits (a leaf that requires grad); `shown` writes them out
+    for the message.
+    """
+    inputs = list(logits.values())
+    loss = _scalar_loss(_call(fn, *inputs), what)
+    _expect_graph(loss, what)
+    got, want = _grads([loss], inputs), _grads([reference(*inputs)], inputs)
+    for name, g, r in zip(logits, got, want, strict=True):
+        _expect_grad(g, r, f"the {name} logits", shown)
+
+
 def _randn(*shape: int, gen: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
     return torch.randn(shape, generator=gen, dtype=dtype)
 

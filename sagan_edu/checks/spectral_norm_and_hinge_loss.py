@@ -16,6 +16,7 @@ from sagan_edu.checks._common import (
     _expect_dtype,
     _expect_grad,
     _expect_graph,
+    _expect_loss_gradients,
     _fail,
     _fixed_seed,
     _grads,
@@ -424,14 +425,13 @@ def check_d_hinge_loss(d_hinge_loss_fn: Callable[[Tensor, Tensor], Tensor]) -> N
             "your D loss",
             "Expected mean(relu(1 − real_logits)) + mean(relu(1 + fake_logits)).",
         )
-        real = torch.tensor([2.0, 0.5, -1.0]).requires_grad_()
-        fake = torch.tensor([-2.0, -0.5, 1.5, 0.0]).requires_grad_()
-        loss = _scalar_loss(_call(fn, real, fake), "your D loss")
-        _expect_graph(loss, "your D loss")
-        got = _grads([loss], [real, fake])
-        want = _grads([d_hinge_loss(real, fake)], [real, fake])
-        for name, g, r in zip(("real", "fake"), got, want, strict=True):
-            _expect_grad(g, r, f"the {name} logits", "real [2, 0.5, −1], fake [−2, −0.5, 1.5, 0]")
+        logits = {
+            "real": torch.tensor([2.0, 0.5, -1.0]).requires_grad_(),
+            "fake": torch.tensor([-2.0, -0.5, 1.5, 0.0]).requires_grad_(),
+        }
+        _expect_loss_gradients(
+            fn, d_hinge_loss, logits, "your D loss", "real [2, 0.5, −1], fake [−2, −0.5, 1.5, 0]"
+        )
     _passed(
         "check_d_hinge_loss",
         "values on 5 batches (different sizes, both sides of the margins, float64) and gradients.",
@@ -482,8 +482,5 @@ def check_g_hinge_loss(g_hinge_loss_fn: Callable[[Tensor], Tensor]) -> None:
             "Expected −mean(fake_logits).",
         )
         fake = torch.tensor([-2.0, 0.5, 3.0]).requires_grad_()
-        loss = _scalar_loss(_call(fn, fake), "your G loss")
-        _expect_graph(loss, "your G loss")
-        got, want = _grads([loss], [fake])[0], _grads([g_hinge_loss(fake)], [fake])[0]
-        _expect_grad(got, want, "the fake logits", "fake [−2, 0.5, 3]")
+        _expect_loss_gradients(fn, g_hinge_loss, {"fake": fake}, "your G loss", "fake [−2, 0.5, 3]")
     _passed("check_g_hinge_loss", "values on 5 batches (incl. float64) and gradients.")

@@ -12,11 +12,9 @@ from sagan_edu.checks._common import (
     _call,
     _close,
     _expect_dtype,
-    _expect_grad,
-    _expect_graph,
+    _expect_loss_gradients,
     _fail,
     _fixed_seed,
-    _grads,
     _passed,
     _randn,
     _scalar_loss,
@@ -160,14 +158,14 @@ def check_d_nonsaturating_loss(d_loss: Callable[[Tensor, Tensor], Tensor]) -> No
             "your D loss",
             "Expected mean(softplus(−real_logits)) + mean(softplus(fake_logits)).",
         )
-        real = torch.tensor([2.0, -0.5, 30.0]).requires_grad_()
-        fake = torch.tensor([-1.0, 0.5, -30.0, 4.0]).requires_grad_()
-        loss = _scalar_loss(_call(d_loss, real, fake), "your D loss")
-        _expect_graph(loss, "your D loss")
-        got = _grads([loss], [real, fake])
-        want = _grads([d_nonsaturating_loss(real, fake)], [real, fake])
-        for name, g, r in zip(("real", "fake"), got, want, strict=True):
-            _expect_grad(g, r, f"the {name} logits", "real [2, −0.5, 30], fake [−1, 0.5, −30, 4]")
+        logits = {
+            "real": torch.tensor([2.0, -0.5, 30.0]).requires_grad_(),
+            "fake": torch.tensor([-1.0, 0.5, -30.0, 4.0]).requires_grad_(),
+        }
+        _expect_loss_gradients(
+            d_loss, d_nonsaturating_loss, logits, "your D loss",
+            "real [2, −0.5, 30], fake [−1, 0.5, −30, 4]",
+        )  # fmt: skip
     _passed(
         "check_d_nonsaturating_loss",
         "values on 4 batches (different sizes, logits up to ±120, float64) and gradients.",
@@ -217,11 +215,9 @@ def check_g_nonsaturating_loss(g_loss: Callable[[Tensor], Tensor]) -> None:
             "Expected mean(softplus(−fake_logits)) = −mean(log σ(fake_logits)).",
         )
         fake = torch.tensor([-30.0, -1.0, 0.5, 4.0]).requires_grad_()
-        loss = _scalar_loss(_call(g_loss, fake), "your G loss")
-        _expect_graph(loss, "your G loss")
-        got = _grads([loss], [fake])[0]
-        want = _grads([g_nonsaturating_loss(fake)], [fake])[0]
-        _expect_grad(got, want, "the fake logits", "fake [−30, −1, 0.5, 4]")
+        _expect_loss_gradients(
+            g_loss, g_nonsaturating_loss, {"fake": fake}, "your G loss", "fake [−30, −1, 0.5, 4]"
+        )
     _passed(
         "check_g_nonsaturating_loss",
         "values on 4 batches (logits up to ±120, float64) and gradients.",
