@@ -7,6 +7,7 @@ that says what to pass instead, not minutes into training.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import os
@@ -63,9 +64,29 @@ class TrainConfig:
     overwrite: bool = False  # replace a checkpoint in out_dir (else such a folder is refused)
     progress: bool = True  # show a tqdm progress bar
 
+    def __new__(cls, *args, **kwargs):
+        # Before the generated __init__, whose TypeError for a misspelt name says nothing more.
+        _check_field_names(kwargs)
+        return super().__new__(cls)
+
     def __post_init__(self):
         _check_config_types(self)
         _check_config_values(self)
+
+
+def _check_field_names(settings: dict) -> None:
+    """A misspelt setting (step=, lr=) fails naming the closest real fields."""
+    names = [f.name for f in fields(TrainConfig)]
+    for name in settings:
+        if name not in names:
+            # Prefixes first (step -> steps, lr -> lr_g, lr_d), else the most similar spellings.
+            close = [n for n in names if n.startswith(name)] or difflib.get_close_matches(
+                name, names, n=2, cutoff=0.6
+            )
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise TypeError(
+                f"TrainConfig has no setting {name!r}{hint}; its settings are: {', '.join(names)}"
+            )
 
 
 def _check_config_types(config: TrainConfig) -> None:

@@ -473,3 +473,107 @@ def test_download_setting_reaches_the_dataset_loader(tmp_path, monkeypatch):
     assert seen["download"] is True
     args = cli.build_parser().parse_args(["train", "--download"])
     assert args.download is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Misspelt settings, callbacks, batches larger than the data, incomplete checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("step", "steps"),
+        ("bach_size", "batch_size"),
+        ("lr", "lr_g or lr_d"),
+        ("batch", "batch_size"),
+    ],
+)
+def test_misspelt_setting_names_the_closest_ones(name, suggestion):
+    with pytest.raises(TypeError, match=rf"no setting '{name}' \(did you mean {suggestion}\?\)"):
+        TrainConfig(**{name: 1})
+    with pytest.raises(TypeError, match=r"its settings are: dataset, data_root"):
+        TrainConfig(xyz=1)
+
+
+def test_callback_that_cannot_take_the_trainer_fails_at_start(tmp_path):
+    with pytest.raises(ValueError, match=r"called as callback\(trainer\).*def callback\(trainer\)"):
+        Trainer(tiny_config(tmp_path), callback=lambda: None)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_batch_larger_than_the_dataset_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"batch_size=4001 is more than the 4000 images .*≤ 4000"):
+        Trainer(tiny_config(tmp_path, batch_size=4001))
+    assert len(Trainer(tiny_config(tmp_path, batch_size=4000)).dataset) == 4000
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("trained")
+    training.train(tiny_config(folder, steps=2))
+    return torch.load(folder / "run" / "checkpoint.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("key", ["opt_g", "rng", "history"])
+def test_resume_from_a_checkpoint_without_the_training_state(tmp_path, saved_state, key):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({k: v for k, v in saved_state.items() if k != key}, run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match=rf"not the whole training state \(it lacks {key}\)"):
+        Trainer(tiny_config(tmp_path, resume=True, steps=3))
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert load_generator_works(run / "checkpoint.pt")  # its generator is still usable
+
+
+def load_generator_works(path: Path) -> bool:
+    return training.load_generator(path).z_dim == 16
+
+
+def test_weights_that_do_not_fit_their_config_name_the_file(tmp_path, saved_state):
+    run = tmp_path / "run"
+    run.mkdir()
+    wider = dict(saved_state, config=dict(saved_state["config"], g_channels=16),
+                 G_config=dict(saved_state["G_config"], base_channels=16))  # fmt: skip
+    torch.save(wider, run / "checkpoint.pt")
+    with pytest.raises(
+        ValueError, match=r"checkpoint.pt: the saved G does not fit .*size mismatch"
+    ):
+        Trainer(tiny_config(tmp_path, resume=True, steps=3))
+    with pytest.raises(
+        ValueError, match=r"the saved G_ema does not fit .*another sagan_edu version"
+    ):
+        training.load_generator(run / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"ema must be True .* got 'no'"):
+        training.load_generator(run / "checkpoint.pt", ema="no")
+
+
+def test_save_checkpoint_into_a_folder_path(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path))
+    with pytest.raises(ValueError, match=r"is a folder; pass a file path such as .*checkpoint.pt"):
+        trainer.save_checkpoint(tmp_path)
+
+
+def test_cli_train_into_a_folder_with_someone_elses_figures(tmp_path, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "samples.png").write_bytes(b"my own picture")
+    err = cli_error(capsys, ["train", "--steps", "1", "--out", str(folder), *TINY])
+    assert "holds samples.png but no checkpoint.pt" in err and "--overwrite" in err
+    assert (folder / "samples.png").read_bytes() == b"my own picture"
+    assert main(["train", "--steps", "1", "--out", str(folder), "--overwrite", *TINY]) == 0
+    assert (folder / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("command", "name"), [("sample", "grid.png"), ("export", "g.safetensors")])
+def test_cli_sample_and_export_keep_an_existing_out_file(tmp_path, capsys, command, name):
+    run = str(tmp_path / "run")
+    assert main(["train", "--steps", "1", "--out", run, *TINY]) == 0
+    out = tmp_path / name
+    out.write_bytes(b"keep me")
+    err = cli_error(capsys, [command, "--checkpoint", f"{run}/checkpoint.pt", "--out", str(out)])
+    assert "exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"keep me"
+    argv = [command, "--checkpoint", f"{run}/checkpoint.pt", "--out", str(out), "--overwrite"]
+    assert main(argv) == 0 and out.read_bytes() != b"keep me"
