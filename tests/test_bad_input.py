@@ -577,3 +577,56 @@ def test_cli_sample_and_export_keep_an_existing_out_file(tmp_path, capsys, comma
     assert out.read_bytes() == b"keep me"
     argv = [command, "--checkpoint", f"{run}/checkpoint.pt", "--out", str(out), "--overwrite"]
     assert main(argv) == 0 and out.read_bytes() != b"keep me"
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and layers: numpy arrays, lists, tensors on another device
+# ---------------------------------------------------------------------------------------------
+
+
+def not_tensor_calls() -> dict:
+    """name -> (a call with a numpy array or list where a tensor belongs, the name it must say)."""
+    G, D = Generator(z_dim=16, base_channels=8), Discriminator(base_channels=8)
+    Gc = Generator(z_dim=16, base_channels=8, num_classes=10)
+    z, x = torch.randn(2, 16), torch.randn(2, 1, 32, 32)
+    return {
+        "G(numpy z)": (lambda: G(z.numpy()), r"z must be .* got ndarray.*torch.from_numpy\(z\)"),
+        "G(labels list)": (lambda: Gc(z, [1, 2]), r"y must be .* got list.*torch.tensor\(y\)"),
+        "D(numpy images)": (lambda: D(x.numpy()), r"x must be .* got ndarray"),
+        "SelfAttention2d(list)": (lambda: SelfAttention2d(16)([[0.0]]), r"x must be .* got list"),
+        "MultiHeadAttention(mask=list)": (
+            lambda: MultiHeadAttention(8, 2)(torch.randn(1, 3, 8), mask=[[True] * 3] * 3),
+            r"mask must be .* got list",
+        ),
+        "scaled_dot_product_attention(numpy)": (
+            lambda: scaled_dot_product_attention(*[np.zeros((2, 3, 4))] * 3),
+            r"q must be a torch.Tensor, got ndarray",
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(not_tensor_calls()))
+def test_layers_and_models_name_an_input_that_is_not_a_tensor(name):
+    call, message = not_tensor_calls()[name]
+    with pytest.raises(TypeError, match=message):
+        call()
+
+
+def test_inputs_on_another_device_than_the_weights():
+    """'meta' tensors stand in for a GPU: the check compares devices, whatever they are."""
+    G = Generator(z_dim=16, base_channels=8)
+    with pytest.raises(ValueError, match=r"z is on meta but the Generator's weights are on cpu"):
+        G(torch.randn(2, 16, device="meta"))
+    with pytest.raises(
+        ValueError, match=r"x is on cpu but the Discriminator's weights are on meta"
+    ):
+        Discriminator(base_channels=8).to("meta")(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"x is on cpu .*SelfAttention2d's weights are on meta"):
+        SelfAttention2d(16).to("meta")(torch.randn(1, 16, 4, 4))
+    with pytest.raises(
+        ValueError, match=r"query is on cpu .*weights are on meta.*query.to\('meta'\)"
+    ):
+        MultiHeadAttention(8, 2).to("meta")(torch.randn(1, 3, 8))
+    Gc = Generator(z_dim=16, base_channels=8, num_classes=10)
+    with pytest.raises(ValueError, match=r"labels y are on meta but the inputs are on cpu"):
+        Gc(torch.randn(2, 16), torch.zeros(2, dtype=torch.long, device="meta"))
