@@ -336,7 +336,10 @@ def api_calls() -> dict:
             lambda: class_coverage(torch.zeros(10)),
             "positive total, as class_histogram returns",
         ),
-        "class_histogram(empty)": (lambda: class_histogram(torch.zeros(0, 1, 32, 32)), "non-empty"),
+        "class_histogram(empty)": (
+            lambda: class_histogram(torch.zeros(0, 1, 32, 32)),
+            "holds 0 image.*pass at least 1",
+        ),
         "frechet_distance(numpy)": (
             lambda: frechet_distance(np.zeros((3, 4)), np.zeros((3, 4))),
             "must be a torch.Tensor",
@@ -630,3 +633,36 @@ def test_inputs_on_another_device_than_the_weights():
     Gc = Generator(z_dim=16, base_channels=8, num_classes=10)
     with pytest.raises(ValueError, match=r"labels y are on meta but the inputs are on cpu"):
         Gc(torch.randn(2, 16), torch.zeros(2, dtype=torch.long, device="meta"))
+
+
+def test_class_metrics_refuse_pixels_in_another_range(digits):
+    from sagan_edu.metrics import class_histogram, within_class_diversity
+
+    for name, call in (("class_histogram", class_histogram), ("diversity", within_class_diversity)):
+        with pytest.raises(ValueError, match=r"look like 0..255 images.*images / 127.5 - 1"):
+            call(digits * 127.5 + 127.5)
+        with pytest.raises(ValueError, match=r"look like \[0, 1\] images.*images \* 2 - 1"):
+            call((digits + 1) / 2)
+        with pytest.raises(ValueError, match=r"must be a torch.Tensor .* got ndarray"):
+            call(digits.numpy())
+    assert class_histogram(digits).sum() == len(digits)  # [-1, 1] digits are still counted
+
+
+def test_frechet_distance_refuses_nan_features():
+    from sagan_edu.metrics import frechet_distance
+
+    bad = torch.randn(5, 4)
+    bad[2, 1] = math.nan
+    with pytest.raises(ValueError, match=r"features_a holds NaN or infinite values"):
+        frechet_distance(bad, torch.randn(5, 4))
+
+
+def test_load_dataset_flags_must_be_booleans_and_sizes_may_be_numpy_integers():
+    with pytest.raises(ValueError, match=r"train must be True or False, got 'no'"):
+        load_dataset("mnist5k", train="no")  # truthy: it would have loaded the training split
+    with pytest.raises(ValueError, match=r"download must be True or False, got 1"):
+        load_dataset("mnist5k", download=1)
+    with pytest.raises(ValueError, match=r"unknown dataset \['mnist5k'\]; choose one of mnist5k"):
+        load_dataset(["mnist5k"])
+    small = load_dataset("twin-shapes", length=np.int64(3), img_size=np.int64(32))
+    assert small.images.shape == (3, 3, 32, 32)
