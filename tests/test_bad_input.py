@@ -666,3 +666,12 @@ def test_load_dataset_flags_must_be_booleans_and_sizes_may_be_numpy_integers():
         load_dataset(["mnist5k"])
     small = load_dataset("twin-shapes", length=np.int64(3), img_size=np.int64(32))
     assert small.images.shape == (3, 3, 32, 32)
+
+
+def test_pretrained_load_says_what_is_wrong_with_a_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no file at .*nope.safetensors; check the path"):
+        pretrained.load(str(tmp_path / "nope.safetensors"))
+    with pytest.raises(ValueError, match=r"is a folder; pass a .safetensors file or a shipped"):
+        pretrained.load(tmp_path)
+    with pytest.raises(ValueError, match=r"name is empty; pass a shipped name: mnist5k-noattn32"):
+        pretrained.load("")
