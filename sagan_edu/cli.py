@@ -101,6 +101,11 @@ def _show_warning(command: str):
     return show
 
 
+def _user_path(text: str) -> Path:
+    """A path argument; ~ means the home folder even where the shell left it (--out=~/x)."""
+    return Path(text).expanduser()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as one line that says where to find the options."""
 
@@ -148,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=run_train)
 
     sample = commands.add_parser("sample", help="sample an image grid from a checkpoint")
-    sample.add_argument("--checkpoint", required=True, type=Path)
+    sample.add_argument("--checkpoint", required=True, type=_user_path)
     sample.add_argument("--n", type=int, default=64, help="number of images (default 64)")
-    sample.add_argument("--out", type=Path, default=Path("samples.png"))
+    sample.add_argument("--out", type=_user_path, default=Path("samples.png"))
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--no-ema", dest="ema", action="store_false", help="use G, not EMA G")
     sample.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -159,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", help="write a checkpoint's EMA generator and D as a safetensors file"
     )
-    export.add_argument("--checkpoint", required=True, type=Path)
-    export.add_argument("--out", required=True, type=Path, help="a .safetensors path")
+    export.add_argument("--checkpoint", required=True, type=_user_path)
+    export.add_argument("--out", required=True, type=_user_path, help="a .safetensors path")
     export.add_argument("--float16", action="store_true", help="store half-size float16 tensors")
     export.add_argument("--generator-only", action="store_true", help="leave D out")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -170,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train-classifier", help="retrain the MNIST feature network the metrics use"
     )
     classifier.add_argument(
-        "--out", type=Path, default=DEFAULT_CLASSIFIER_OUT,
+        "--out", type=_user_path, default=DEFAULT_CLASSIFIER_OUT,
         help=f"a .safetensors path (default {DEFAULT_CLASSIFIER_OUT}). The metrics use the "
         f"shipped file, {CLASSIFIER_PATH.relative_to(CLASSIFIER_PATH.parents[2])}: replacing it "
         "changes every FD/KID number and needs --overwrite",

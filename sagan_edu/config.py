@@ -160,6 +160,8 @@ def _check_config_values(config: TrainConfig) -> None:
     check_device_name(config.device)
     if not config.out_dir:
         raise ValueError("out_dir must name a folder, got an empty string")
+    # "~/runs" means the home folder, as in a shell (unexpanded it would make a folder named ~).
+    config.out_dir = os.path.expanduser(config.out_dir)
     if config.resume and config.overwrite:
         raise ValueError(
             "resume and overwrite contradict each other: resume continues the checkpoint in "

@@ -210,6 +210,13 @@ class Trainer:
         self._window_steps = 0
         if checkpoint is not None:
             self._load_state(checkpoint)
+            if self.step_count >= config.steps:
+                warnings.warn(
+                    f"the checkpoint in {config.out_dir} is at step {self.step_count}, so "
+                    f"steps={config.steps} leaves nothing to train; pass a larger steps (--steps) "
+                    "to continue the run",
+                    stacklevel=2,
+                )
         # fast_step: the iteration captured once as a CUDA graph, or None (eager) where it cannot
         # run; captured_step() then says why in one line.
         self.captured_step = captured_step(self) if config.fast_step else None

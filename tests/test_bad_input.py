@@ -675,3 +675,25 @@ def test_pretrained_load_says_what_is_wrong_with_a_path(tmp_path):
         pretrained.load(tmp_path)
     with pytest.raises(ValueError, match=r"name is empty; pass a shipped name: mnist5k-noattn32"):
         pretrained.load("")
+
+
+def test_a_tilde_in_out_means_the_home_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert tiny_config(tmp_path, out_dir="~/runs/a").out_dir == str(tmp_path / "home/runs/a")
+    assert main(["train", "--steps", "1", "--out=~/runs/b", *TINY]) == 0  # no shell expansion
+    assert (tmp_path / "home/runs/b/checkpoint.pt").is_file()
+    grid = tmp_path / "home/grid.png"
+    assert main(["sample", "--checkpoint=~/runs/b/checkpoint.pt", "--out=~/grid.png"]) == 0
+    assert grid.is_file() and not (tmp_path / "~").exists()
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--steps", "2", "--out", out, *TINY]) == 0
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--steps", "1", "--out", out, "--resume", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the checkpoint in" in err and "is at step 2, so steps=1 leaves nothing" in err
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
