@@ -550,7 +550,9 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
         raise ValueError(f"decay must be in [0, 1] (1 keeps the EMA unchanged), got {decay}")
     ema_params, params = list(ema_model.parameters()), list(model.parameters())
     ema_buffers, buffers = list(ema_model.buffers()), list(model.buffers())
-    if len(ema_params) != len(params) or len(ema_buffers) != len(buffers):
+    same = len(ema_params) == len(params) and len(ema_buffers) == len(buffers)
+    pairs = zip(ema_params + ema_buffers, params + buffers, strict=False)
+    if not same or any(a.shape != b.shape for a, b in pairs):
         raise ValueError("update_ema needs two models of the same architecture (deepcopy one)")
     # One multi-tensor ("foreach") call each instead of one small kernel per tensor (they
     # refuse empty lists: a model without buffers has none to copy).
@@ -585,6 +587,11 @@ def sample_images(
         raise ValueError(f"n, the number of images, must be a whole number ≥ 0, got {n!r}")
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise ValueError(f"seed must be a whole number, got {seed!r}")
+    if labels is not None and not isinstance(labels, torch.Tensor):
+        raise ValueError(
+            f"labels must be a (n,) tensor of class indices, got {type(labels).__name__}; "
+            "for example torch.tensor([3, 3, 7])"
+        )
     device = next(generator.parameters()).device
     # Drawn on the CPU, then moved: CPU and CUDA generators give different numbers for the same
     # seed, and this way every device samples the same images (up to rounding).

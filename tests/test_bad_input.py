@@ -697,3 +697,61 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, capsys
     err = capsys.readouterr().err
     assert "warning: the checkpoint in" in err and "is at step 2, so steps=1 leaves nothing" in err
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy GAN's config, ablations, sampling labels, the EMA and the course setup
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"steps": 0}, ValueError, "steps must be a positive integer, got 0"),
+        ({"log_every": 0}, ValueError, "log_every must be a positive integer"),
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
+        ({"lr_d": "1e-3"}, ValueError, r"lr_d must be a number, got '1e-3' \(a str\)"),
+        ({"ema_decay": 1.5}, ValueError, r"ema_decay must be in \[0, 1\) or None"),
+        ({"loss": "wgan"}, ValueError, "unknown loss 'wgan'; choose one of hinge, nonsaturating"),
+        ({"betas": (0.5,)}, ValueError, "betas must be a pair"),
+        ({"step": 10}, TypeError, r"ToyGANConfig has no setting 'step' \(did you mean steps\?\)"),
+    ],
+)
+def test_toy_gan_config_is_checked_when_built(overrides, error, message):
+    from sagan_edu.toy2d import ToyGANConfig
+
+    with pytest.raises(error, match=message):
+        ToyGANConfig(**overrides)
+    assert ToyGANConfig(ema_decay=0.99, steps=np.int64(5)).steps == 5  # valid values still work
+
+
+def more_api_calls() -> dict:
+    from sagan_edu.attention_ablation import scaled_attention
+    from sagan_edu.course import setup
+    from sagan_edu.toy2d import train_toy_gan
+    from sagan_edu.training import update_ema
+
+    Gc = Generator(z_dim=16, base_channels=8, num_classes=10)
+    return {
+        "train_toy_gan(dict)": (lambda: train_toy_gan({"steps": 2}), r"ToyGANConfig\(\*\*settings"),
+        "sample_images(labels=list)": (
+            lambda: sample_images(Gc, 2, labels=[1, 2]),
+            r"labels must be a \(n,\) tensor .*got list.*torch.tensor",
+        ),
+        "update_ema(different widths)": (
+            lambda: update_ema(Gc, Generator(z_dim=16, base_channels=16, num_classes=10), 0.9),
+            "same architecture",
+        ),
+        "scaled_attention(nan)": (
+            lambda: scaled_attention(Gc, math.nan).__enter__(),
+            r"scale must be a finite number \(0 switches attention off\), got nan",
+        ),
+        "course.setup('a')": (lambda: setup("a"), "seed must be a whole number, got 'a'"),
+    }
+
+
+@pytest.mark.parametrize("name", list(more_api_calls()))
+def test_more_public_functions_reject_bad_arguments_clearly(name):
+    call, message = more_api_calls()[name]
+    with pytest.raises(ValueError, match=message):
+        call()
