@@ -150,6 +150,11 @@ def _check_config_values(config: TrainConfig) -> None:
             )
     for size in config.attention_at:
         at_least("every attention_at size", size, 1)
+    if len(set(config.attention_at)) != len(config.attention_at):
+        raise ValueError(
+            f"attention_at names a size twice, got {config.attention_at}; each feature-map size "
+            "gets at most one attention layer"
+        )
     for name in ("lr_g", "lr_d"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")

@@ -65,6 +65,7 @@ def cli_error(capsys, argv: list[str]) -> str:
         ({"attention_at": "16"}, r"attention_at must be a tuple .* got '16'"),
         ({"attention_at": (16.0,)}, "attention_at must hold whole numbers"),
         ({"attention_at": (0,)}, "attention_at size must be a positive integer"),
+        ({"attention_at": (16, 16)}, r"attention_at names a size twice, got \(16, 16\)"),
         ({"betas": (1.5, 0.9)}, r"betas must be in \[0, 1\)"),
         ({"betas": (0.9,)}, "betas must be a pair"),
         ({"betas": 0.9}, "betas must be a pair"),
