@@ -729,6 +729,7 @@ def test_toy_gan_config_is_checked_when_built(overrides, error, message):
 def more_api_calls() -> dict:
     from sagan_edu.attention_ablation import scaled_attention
     from sagan_edu.course import setup
+    from sagan_edu.halves import half_agreement
     from sagan_edu.toy2d import train_toy_gan
     from sagan_edu.training import update_ema
 
@@ -748,6 +749,10 @@ def more_api_calls() -> dict:
             r"scale must be a finite number \(0 switches attention off\), got nan",
         ),
         "course.setup('a')": (lambda: setup("a"), "seed must be a whole number, got 'a'"),
+        "half_agreement(numpy)": (
+            lambda: half_agreement(np.zeros((2, 3, 32, 32))),
+            "images must be a torch.Tensor, got ndarray",
+        ),
     }
 
 
