@@ -24,6 +24,37 @@ __all__ = ["MultiHeadAttention", "SelfAttention2d", "scaled_dot_product_attentio
 
 
 # ---------------------------------------------------------------------------------------------
+# Input checks shared by the layers here and the models
+# ---------------------------------------------------------------------------------------------
+
+
+def require_tensor(value: object, name: str) -> None:
+    """Raise TypeError unless `value` is a torch.Tensor, saying how to make one from it."""
+    if isinstance(value, torch.Tensor):
+        return
+    convert = (
+        f"torch.from_numpy({name}).float()"
+        if type(value).__module__ == "numpy"
+        else f"torch.tensor({name})"
+    )
+    raise TypeError(
+        f"{name} must be a torch.Tensor, got {type(value).__name__}; convert it with {convert}"
+    )
+
+
+def require_device(x: torch.Tensor, name: str, module: nn.Module) -> None:
+    """Raise ValueError unless `x` is on the device of `module`'s weights (PyTorch's own error
+    names neither the tensor nor the fix)."""
+    weight = next(module.parameters(), None)
+    if weight is not None and x.device != weight.device:
+        raise ValueError(
+            f"{name} is on {x.device} but the {type(module).__name__}'s weights are on "
+            f"{weight.device}; move one to the other: {name}.to('{weight.device}') or "
+            f"model.to('{x.device}')"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # Scaled dot-product attention
 # ---------------------------------------------------------------------------------------------
 
@@ -73,6 +104,7 @@ def scaled_dot_product_attention(
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Raise ValueError unless q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv) fit together."""
     for name, t in (("q", q), ("k", k), ("v", v)):
+        require_tensor(t, name)
         if t.dim() < 2:
             raise ValueError(
                 f"{name} must have at least 2 dims (..., length, features), "
@@ -114,6 +146,7 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 
 def _check_mask(mask: torch.Tensor, scores_shape: torch.Size) -> torch.Tensor:
     """Return `mask` broadcast to the scores' shape (..., Lq, Lk), or raise ValueError."""
+    require_tensor(mask, "mask")
     if mask.dtype != torch.bool:
         raise ValueError(
             f"mask must be a boolean tensor (True = may attend), got dtype {mask.dtype}; "
@@ -202,6 +235,8 @@ class MultiHeadAttention(nn.Module):
         key = query if key is None else key
         value = key if value is None else value
         self._check_inputs(query, key, value)
+        if mask is not None:
+            require_tensor(mask, "mask")
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)  # (B, Lq, Lk) -> (B, 1, Lq, Lk): the same for every head
 
@@ -230,6 +265,8 @@ class MultiHeadAttention(nn.Module):
 
     def _check_inputs(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         for name, t in (("query", query), ("key", key), ("value", value)):
+            require_tensor(t, name)
+            require_device(t, name, self)
             if t.dim() != 3 or t.size(-1) != self.embed_dim:
                 raise ValueError(
                     f"{name} must have shape (batch, length, {self.embed_dim}) (batch first), "
@@ -384,6 +421,8 @@ class SelfAttention2d(nn.Module):
         return F.max_pool2d(x, self.pool) if self.pool > 1 else x
 
     def _check_input(self, x: torch.Tensor) -> None:
+        require_tensor(x, "x")
+        require_device(x, "x", self)
         if x.dim() != 4:
             raise ValueError(
                 f"SelfAttention2d expects a feature map of shape (batch, channels, height, width), "

@@ -18,6 +18,8 @@ Both are context managers that restore the model exactly on exit, also after an 
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Iterator
 
 import torch
@@ -40,6 +42,8 @@ def scaled_attention(model: nn.Module, scale: float) -> Iterator[nn.Module]:
     The original γ values are copied before the change and copied back afterwards, so the model
     leaves bit-identical (gradients are not touched: γ is changed in place under no_grad).
     """
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number (0 switches attention off), got {scale!r}")
     blocks = attention_blocks(model)
     saved = [block.gamma.detach().clone() for block in blocks]
     try:

@@ -16,12 +16,16 @@ would give for the same query.
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "attention_entropy",
     "attention_share",
+    "check_pair",
     "mean_attention_distance",
     "pool_factor",
     "query_index",
@@ -32,9 +36,21 @@ __all__ = [
 ]
 
 
+def check_pair(name: str, value: object) -> tuple[int, int]:
+    """(row, col) or (H, W): two whole numbers, else a ValueError that says so."""
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or len(value) != 2
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+    ):
+        raise ValueError(f"{name} must be a pair of whole numbers such as (16, 16), got {value!r}")
+    return int(value[0]), int(value[1])
+
+
 def pool_factor(N: int, M: int, feature_size: tuple[int, int]) -> int:
     """How much a layer pooled its keys: N queries and M keys on an H×W map give pool."""
-    H, W = feature_size
+    H, W = check_pair("feature_size", feature_size)
     if N != H * W:
         raise ValueError(f"attention has {N} query rows but feature_size {H}×{W} has {H * W}")
     pool = round((N / M) ** 0.5)
@@ -53,9 +69,9 @@ def query_index(
     `query` is in `image_size` coordinates (feature-map coordinates if image_size is None); the
     query pixel belongs to the feature-map cell that covers it.
     """
-    H, W = feature_size
-    rows, cols = image_size or (H, W)
-    r, c = query
+    H, W = check_pair("feature_size", feature_size)
+    rows, cols = (H, W) if image_size is None else check_pair("image_size", image_size)
+    r, c = check_pair("query", query)
     if not (0 <= r < rows and 0 <= c < cols):
         raise ValueError(f"query {query} lies outside the {rows}×{cols} image")
     return (r * H // rows) * W + (c * W // cols)

@@ -46,7 +46,9 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "check_output_folder",
+    "check_resumable",
     "load_checkpoint",
+    "load_weights",
     "remove_stale_temp_files",
 ]
 
@@ -54,6 +56,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOCK_NAME = ".sagan-edu.lock"
 # Keys every training checkpoint holds (see Trainer.state_dict).
 REQUIRED_KEYS = ("config", "step", "G_config", "G", "G_ema")
+# And what continuing the run needs besides (Trainer._load_state reads them all).
+RESUME_KEYS = ("D", "opt_g", "opt_d", "scaler", "rng", "history", "window", "window_steps")
 
 
 class CheckpointError(ValueError):
@@ -244,6 +248,34 @@ def _check_contents(path: Path, state: object) -> None:
             f"{path} is a PyTorch file but not a sagan_edu training checkpoint (it lacks "
             f"{', '.join(missing)}); pass the checkpoint.pt that `sagan-edu train` wrote"
         )
+
+
+def check_resumable(path: str | os.PathLike, state: dict) -> None:
+    """Raise CheckpointError unless `state` holds everything a run needs to continue."""
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} holds a generator but not the whole training state (it lacks "
+            f"{', '.join(missing)}), so the run cannot continue from it. Sample from it with "
+            "`sagan-edu sample`, or start a new run (another --out, or --overwrite)"
+        )
+
+
+def load_weights(
+    module: torch.nn.Module, weights: dict, path: str | os.PathLike, what: str
+) -> None:
+    """module.load_state_dict(weights), with a CheckpointError naming the file if they differ."""
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, KeyError, ValueError) as error:
+        # torch's first line is a heading ("Error(s) in loading ..."); the second says what.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = (lines[1:] or lines or [type(error).__name__])[0][:200]
+        raise CheckpointError(
+            f"{path}: the saved {what} does not fit the model its config describes ({detail}). "
+            "The file was changed after saving or written by another sagan_edu version; use "
+            "the version that wrote it, or start a new run (another --out, or --overwrite)"
+        ) from None
 
 
 def check_known_settings(path: str | os.PathLike, what: str, saved: dict, known: set[str]) -> None:

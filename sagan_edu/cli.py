@@ -1,14 +1,16 @@
 """The `sagan-edu` command: train a SAGAN, sample from a checkpoint.
 
     sagan-edu train --dataset mnist5k --steps 2000 --out runs/mnist [--resume] [--attention-at 16]
-    sagan-edu sample --checkpoint runs/mnist/checkpoint.pt --n 64 --out grid.png
+    sagan-edu sample --checkpoint runs/mnist/checkpoint.pt --n 64 --out grid.png [--overwrite]
     sagan-edu export --checkpoint runs/mnist/checkpoint.pt --out mnist.safetensors [--float16]
     sagan-edu train-classifier      # the feature network of sagan_edu.metrics
     torchrun --standalone --nproc_per_node=4 -m sagan_edu.cli train ...   # 4 GPUs (DDP)
 
 `train` writes into --out: checkpoint.pt (everything needed to resume), history.json, and the
 figures samples.png, attention.png, losses.png and gamma.png. A folder that already holds a
-checkpoint is continued with --resume, replaced with --overwrite, and otherwise refused.
+checkpoint is continued with --resume, replaced with --overwrite, and otherwise refused; so is a
+folder without a checkpoint that holds files train would write. `sample`, `export` and
+`train-classifier` replace an existing --out file only with --overwrite.
 
 Mistakes in what the user typed (a bad value, a missing or wrong file, a device this machine does
 not have, a full disk) end with one line on stderr and exit status 2, never a traceback.
@@ -32,7 +34,7 @@ import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import save_image
 
-from sagan_edu.checkpoints import RunFolderBusy, check_output_folder
+from sagan_edu.checkpoints import CHECKPOINT_NAME, RunFolderBusy, check_output_folder
 from sagan_edu.metrics import CLASSIFIER_PATH, train_classifier
 from sagan_edu.pretrained import export_pretrained
 from sagan_edu.training import (
@@ -46,6 +48,8 @@ from sagan_edu.viz import collect_attention, plot_attention_maps, plot_gammas, p
 
 # Where `train-classifier` writes by default: a run folder, never the package's shipped weights.
 DEFAULT_CLASSIFIER_OUT = Path("runs/classifier/mnist5k-classifier.safetensors")
+# What `train` writes into its folder besides the checkpoint (see write_figures).
+RUN_FILES = ("history.json", "samples.png", "attention.png", "losses.png", "gamma.png")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -97,6 +101,11 @@ def _show_warning(command: str):
     return show
 
 
+def _user_path(text: str) -> Path:
+    """A path argument; ~ means the home folder even where the shell left it (--out=~/x)."""
+    return Path(text).expanduser()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as one line that says where to find the options."""
 
@@ -144,27 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=run_train)
 
     sample = commands.add_parser("sample", help="sample an image grid from a checkpoint")
-    sample.add_argument("--checkpoint", required=True, type=Path)
+    sample.add_argument("--checkpoint", required=True, type=_user_path)
     sample.add_argument("--n", type=int, default=64, help="number of images (default 64)")
-    sample.add_argument("--out", type=Path, default=Path("samples.png"))
+    sample.add_argument("--out", type=_user_path, default=Path("samples.png"))
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--no-ema", dest="ema", action="store_false", help="use G, not EMA G")
+    sample.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     sample.set_defaults(run=run_sample)
 
     export = commands.add_parser(
         "export", help="write a checkpoint's EMA generator and D as a safetensors file"
     )
-    export.add_argument("--checkpoint", required=True, type=Path)
-    export.add_argument("--out", required=True, type=Path, help="a .safetensors path")
+    export.add_argument("--checkpoint", required=True, type=_user_path)
+    export.add_argument("--out", required=True, type=_user_path, help="a .safetensors path")
     export.add_argument("--float16", action="store_true", help="store half-size float16 tensors")
     export.add_argument("--generator-only", action="store_true", help="leave D out")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     export.set_defaults(run=run_export)
 
     classifier = commands.add_parser(
         "train-classifier", help="retrain the MNIST feature network the metrics use"
     )
     classifier.add_argument(
-        "--out", type=Path, default=DEFAULT_CLASSIFIER_OUT,
+        "--out", type=_user_path, default=DEFAULT_CLASSIFIER_OUT,
         help=f"a .safetensors path (default {DEFAULT_CLASSIFIER_OUT}). The metrics use the "
         f"shipped file, {CLASSIFIER_PATH.relative_to(CLASSIFIER_PATH.parents[2])}: replacing it "
         "changes every FD/KID number and needs --overwrite",
@@ -180,7 +191,9 @@ def run_train(args: argparse.Namespace) -> int:
     fields_given = {
         f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)
     }
-    trainer = Trainer(TrainConfig(**fields_given))
+    config = TrainConfig(**fields_given)
+    _check_no_foreign_figures(Path(config.out_dir), config.overwrite)
+    trainer = Trainer(config)
     say = print if trainer.is_main else (lambda *a, **k: None)  # under torchrun: rank 0 speaks
     config = trainer.config
     say(
@@ -206,7 +219,7 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     generator = load_generator(args.checkpoint, ema=args.ema)
-    _check_output_file(args.out, IMAGE_SUFFIXES)
+    _check_output_file(args.out, IMAGE_SUFFIXES, args.overwrite)
     images = sample_images(generator, args.n, seed=args.seed)
     save_image(images, args.out, nrow=8, normalize=True, value_range=(-1, 1))
     print(f"wrote {args.n} samples to {args.out}")
@@ -214,7 +227,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    _check_output_file(args.out, (".safetensors",))
+    _check_output_file(args.out, (".safetensors",), args.overwrite)
     dtype = torch.float16 if args.float16 else torch.float32
     out = export_pretrained(args.checkpoint, args.out, dtype, not args.generator_only)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
@@ -222,11 +235,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
-    _check_output_file(args.out, (".safetensors",))
-    if args.out.exists() and not args.overwrite:
-        raise ValueError(
-            f"--out {args.out} exists; pass another --out, or --overwrite to replace it"
-        )
+    _check_output_file(args.out, (".safetensors",), args.overwrite)
     accuracy = train_classifier(args.out, epochs=args.epochs, seed=args.seed)
     print(
         f"wrote {args.out}: accuracy {accuracy['train_accuracy']:.3f} on the 4,000 training "
@@ -235,8 +244,9 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output_file(path: Path, suffixes: tuple[str, ...]) -> None:
-    """Before any work: --out must end in one of `suffixes` and its folder must be writable."""
+def _check_output_file(path: Path, suffixes: tuple[str, ...], overwrite: bool) -> None:
+    """Before any work: --out must end in one of `suffixes`, its folder must be writable, and an
+    existing file is replaced only with --overwrite."""
     if path.suffix.lower() not in suffixes:
         raise ValueError(f"--out must end in {' or '.join(suffixes)}, got {path}")
     if path.is_dir():
@@ -247,6 +257,22 @@ def _check_output_file(path: Path, suffixes: tuple[str, ...]) -> None:
     if blocker is not None:
         raise ValueError(f"--out {path} lies below {blocker}, which is a file, not a folder")
     check_output_folder(path.parent, "the folder of --out")
+    if path.exists() and not overwrite:
+        raise ValueError(f"--out {path} exists; pass another --out, or --overwrite to replace it")
+
+
+def _check_no_foreign_figures(out_dir: Path, overwrite: bool) -> None:
+    """A folder without a checkpoint but with files `train` writes holds someone else's files
+    (`--out .` in a project folder, say): replace them only with --overwrite."""
+    if (out_dir / CHECKPOINT_NAME).is_file() or overwrite:
+        return  # a run's own figures: replaced as the run is continued or replaced
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if found:
+        raise ValueError(
+            f"--out {out_dir} holds {', '.join(found)} but no {CHECKPOINT_NAME}, and training "
+            "would replace them; pass another --out, or --overwrite (without --resume) to "
+            "replace them"
+        )
 
 
 def write_figures(trainer: Trainer, out_dir: Path) -> None:

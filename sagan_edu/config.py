@@ -7,6 +7,7 @@ that says what to pass instead, not minutes into training.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import os
@@ -18,7 +19,15 @@ from sagan_edu.data import DATASETS
 from sagan_edu.losses import LOSSES
 from sagan_edu.models import ARCHS, ATTENTION_BLOCKS, IMG_SIZES
 
-__all__ = ["RESUMABLE_OVERRIDES", "TrainConfig", "available_devices", "check_device_name"]
+__all__ = [
+    "RESUMABLE_OVERRIDES",
+    "TrainConfig",
+    "at_least",
+    "available_devices",
+    "check_device_name",
+    "check_setting_names",
+    "check_setting_types",
+]
 
 
 @dataclass
@@ -63,13 +72,35 @@ class TrainConfig:
     overwrite: bool = False  # replace a checkpoint in out_dir (else such a folder is refused)
     progress: bool = True  # show a tqdm progress bar
 
+    def __new__(cls, *args, **kwargs):
+        # Before the generated __init__, whose TypeError for a misspelt name says nothing more.
+        check_setting_names(cls, kwargs)
+        return super().__new__(cls)
+
     def __post_init__(self):
-        _check_config_types(self)
+        check_setting_types(self)
         _check_config_values(self)
 
 
-def _check_config_types(config: TrainConfig) -> None:
-    """Check every field against its annotation, so a wrong type fails here and not mid-run.
+def check_setting_names(cls: type, settings: dict) -> None:
+    """A misspelt setting of the dataclass `cls` (step=, lr=) fails naming the closest fields."""
+    names = [f.name for f in fields(cls)]
+    for name in settings:
+        if name not in names:
+            # Prefixes first (step -> steps, lr -> lr_g, lr_d), else the most similar spellings.
+            close = [n for n in names if n.startswith(name)] or difflib.get_close_matches(
+                name, names, n=2, cutoff=0.6
+            )
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise TypeError(
+                f"{cls.__name__} has no setting {name!r}{hint}; its settings are: "
+                f"{', '.join(names)}"
+            )
+
+
+def check_setting_types(config: object) -> None:
+    """Check every field of a config dataclass against its annotation, so a wrong type fails
+    here and not mid-run.
 
     steps=2.5 or steps="100" would otherwise train a surprising number of steps, and
     attention_at="16" would become the sizes (1, 6).
@@ -80,7 +111,7 @@ def _check_config_types(config: TrainConfig) -> None:
             if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                 raise ValueError(f"{name} must be a whole number, got {_show(value)}")
             setattr(config, name, int(value))  # numpy integers become plain ints
-        elif kind == "float":
+        elif kind == "float" or (kind == "float | None" and value is not None):
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
                 raise ValueError(f"{name} must be a number, got {_show(value)}")
             if not math.isfinite(value):
@@ -94,16 +125,18 @@ def _check_config_types(config: TrainConfig) -> None:
                 setattr(config, name, value)
             if not (isinstance(value, str) or (value is None and kind == "str | None")):
                 raise ValueError(f"{name} must be a string, got {_show(value)}")
-    config.attention_at = _int_tuple("attention_at", config.attention_at, example="(16,) or ()")
-    config.betas = _float_pair("betas", config.betas)
+        elif kind == "tuple[int, ...]":
+            setattr(config, name, _int_tuple(name, value, example="(16,) or ()"))
+        elif kind == "tuple[float, float]":
+            setattr(config, name, _float_pair(name, value))
 
 
 def _check_config_values(config: TrainConfig) -> None:
     """Ranges and names: everything a value can be wrong about without looking at the data."""
     for name in ("img_size", "z_dim", "g_channels", "d_channels", "steps", "batch_size", "n_dis",
                  "log_every", "checkpoint_every"):  # fmt: skip
-        _at_least(name, getattr(config, name), 1)
-    _at_least("seed", config.seed, 0)
+        at_least(name, getattr(config, name), 1)
+    at_least("seed", config.seed, 0)
     if config.img_size not in IMG_SIZES:
         raise ValueError(
             f"img_size must be one of {', '.join(map(str, IMG_SIZES))}, got {config.img_size}; "
@@ -116,7 +149,12 @@ def _check_config_values(config: TrainConfig) -> None:
                 f"and keys), got {getattr(config, name)}"
             )
     for size in config.attention_at:
-        _at_least("every attention_at size", size, 1)
+        at_least("every attention_at size", size, 1)
+    if len(set(config.attention_at)) != len(config.attention_at):
+        raise ValueError(
+            f"attention_at names a size twice, got {config.attention_at}; each feature-map size "
+            "gets at most one attention layer"
+        )
     for name in ("lr_g", "lr_d"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
@@ -139,6 +177,8 @@ def _check_config_values(config: TrainConfig) -> None:
     check_device_name(config.device)
     if not config.out_dir:
         raise ValueError("out_dir must name a folder, got an empty string")
+    # "~/runs" means the home folder, as in a shell (unexpanded it would make a folder named ~).
+    config.out_dir = os.path.expanduser(config.out_dir)
     if config.resume and config.overwrite:
         raise ValueError(
             "resume and overwrite contradict each other: resume continues the checkpoint in "
@@ -150,7 +190,7 @@ def _show(value: object) -> str:
     return f"{value!r} (a {type(value).__name__})"
 
 
-def _at_least(name: str, value: int, minimum: int) -> None:
+def at_least(name: str, value: int, minimum: int) -> None:
     if value < minimum:
         wanted = "a positive integer" if minimum == 1 else f"at least {minimum}"
         raise ValueError(f"{name} must be {wanted}, got {value}")

@@ -11,6 +11,7 @@ CI; without it a notebook does the real thing.
 from __future__ import annotations
 
 import importlib.metadata
+import numbers
 import os
 import random
 import sys
@@ -41,6 +42,8 @@ def in_colab() -> bool:
 
 def setup(seed: int = 0) -> torch.device:
     """Seed everything, print what this machine is, and return the device to use."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"seed must be a whole number, got {seed!r}")
     random.seed(seed)
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

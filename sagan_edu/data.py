@@ -29,6 +29,7 @@ without it, missing files raise a FileNotFoundError that names the folder and th
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from pathlib import Path
 
@@ -152,13 +153,18 @@ def load_dataset(
         N·C·img_size²·4 bytes of memory: 10,000 synthetic images take 123 MB at 32 px, 0.5 GB at
         64 px and 2 GB at 128 px (pass a smaller `length` for large sizes).
     """
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    _check_int("seed", seed, minimum=0)
+    for flag, value in (("train", train), ("download", download)):
+        if not isinstance(value, bool):  # train="no" is truthy: it would load the training split
+            raise ValueError(f"{flag} must be True or False, got {value!r}")
+    seed = _check_int("seed", seed, minimum=0)
     if length is not None:
-        _check_int("length", length, minimum=1)
+        length = _check_int("length", length, minimum=1)
     if img_size is not None:
-        _check_int("img_size", img_size, minimum=1, hint=" (e.g. 32), or None for the native size")
+        img_size = _check_int(
+            "img_size", img_size, minimum=1, hint=" (e.g. 32), or None for the native size"
+        )
 
     if name in _SYNTHETIC:
         size = SYNTHETIC_SIZE if img_size is None else img_size
@@ -183,10 +189,12 @@ def load_dataset(
     return ImageDataset(images, labels, name, num_classes=10)
 
 
-def _check_int(what: str, value: object, minimum: int, hint: str = "") -> None:
-    # bool is a subclass of int in Python, but img_size=True is surely a mistake
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+def _check_int(what: str, value: object, minimum: int, hint: str = "") -> int:
+    # bool is a subclass of int in Python, but img_size=True is surely a mistake; numpy's
+    # integers (from np.arange, say) are fine.
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{what} must be an integer ≥ {minimum}{hint}, got {value!r}")
+    return int(value)
 
 
 def _random_subset(

@@ -164,6 +164,8 @@ def half_agreement(
     and COLOURS). A generator that draws one shape everywhere agrees perfectly: read agreement
     together with how many classes the halves use.
     """
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4 or images.size(1) != 3:
         raise ValueError(
             f"half_agreement reads colour images (batch, 3, height, width) of twin-shapes or "

@@ -201,6 +201,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
             raise ValueError(f"{name} must be a torch.Tensor (N, D), got {type(f).__name__}")
         if f.dim() != 2 or len(f) < 2:
             raise ValueError(f"{name} must be (N, D) with N ≥ 2, got shape {tuple(f.shape)}")
+        if not torch.isfinite(f).all():
+            raise ValueError(f"{name} holds NaN or infinite values; the distance would be NaN")
     if features_a.size(1) != features_b.size(1):
         raise ValueError(
             f"the feature sets must have the same width, got {features_a.size(1)} and "
@@ -261,18 +263,20 @@ def fd_and_kid(
     }
 
 
-def _check_metric_images(name: str, images: object) -> None:
-    """Images for the feature network: a (B, 1, H, W) float tensor in [-1, 1], B ≥ MIN_IMAGES."""
+def _check_metric_images(name: str, images: object, minimum: int = MIN_IMAGES) -> None:
+    """Images for the feature network: a (B, 1, H, W) float tensor in [-1, 1], B ≥ minimum."""
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor (B, 1, H, W), got {type(images).__name__}")
     if images.dim() != 4 or images.size(1) != 1:
         raise ValueError(
             f"{name} must be grey images (B, 1, H, W) in [-1, 1], got shape {tuple(images.shape)}"
         )
-    if len(images) < MIN_IMAGES:
+    if len(images) < minimum:
         raise ValueError(
             f"{name} holds {len(images)} image(s); the Fréchet distance and KID need at least "
             f"{MIN_IMAGES} per set (and about a thousand for numbers worth comparing)"
+            if minimum == MIN_IMAGES
+            else f"{name} holds {len(images)} image(s); pass at least {minimum}"
         )
     if not images.is_floating_point():
         raise ValueError(
@@ -302,12 +306,8 @@ def _check_metric_images(name: str, images: object) -> None:
 def class_histogram(
     images: torch.Tensor, classifier: MnistClassifier | None = None
 ) -> torch.Tensor:
-    """How many of the images (B, 1, H, W) the classifier calls 0, 1, …, 9: a (10,) tensor."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
-        raise ValueError(
-            f"images must be a non-empty (B, 1, H, W) tensor, got "
-            f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}"
-        )
+    """How many of the images (B, 1, H, W) in [-1, 1] the classifier calls 0, 1, …, 9: (10,)."""
+    _check_metric_images("images", images, minimum=1)
     classifier = classifier or load_classifier(images.device)
     predictions = torch.cat([classifier.logits(chunk).argmax(1) for chunk in images.split(500)])
     return torch.bincount(predictions, minlength=10).cpu()
@@ -342,6 +342,7 @@ def within_class_diversity(
     misses a generator that draws every digit but only one way of writing each (partial mode
     collapse); this number drops towards 0 for it. Compare it with the value for real digits.
     """
+    _check_metric_images("images", images, minimum=1)
     classifier = classifier or load_classifier(images.device)
     features = torch.cat([classifier(chunk) for chunk in images.split(500)]).double()  # (B, 128)
     predicted = torch.cat([classifier.head(f.float()).argmax(1) for f in features.split(500)])

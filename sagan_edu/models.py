@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sagan_edu.attention import SelfAttention2d
+from sagan_edu.attention import SelfAttention2d, require_device, require_tensor
 from sagan_edu.spectral_norm import spectral_norm
 
 __all__ = [
@@ -390,13 +390,15 @@ class Generator(nn.Module):
         }
 
     def _check_inputs(self, z: torch.Tensor, y: torch.Tensor | None) -> None:
+        require_tensor(z, "z")
         if z.dim() != 2 or z.size(1) != self.z_dim:
             raise ValueError(
                 f"z must have shape (batch, z_dim={self.z_dim}), got {tuple(z.shape)}; "
                 f"sample it with torch.randn(batch, {self.z_dim})"
             )
         _check_dtype(z, "z", self)
-        _check_labels(y, z.size(0), self.num_classes, "Generator")
+        require_device(z, "z", self)
+        _check_labels(y, z, self.num_classes, "Generator")
 
 
 class Discriminator(nn.Module):
@@ -487,6 +489,7 @@ class Discriminator(nn.Module):
         }
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        require_tensor(x, "x")
         expected = (self.img_channels, self.img_size, self.img_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
@@ -494,7 +497,8 @@ class Discriminator(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         _check_dtype(x, "images", self)
-        _check_labels(y, x.size(0), self.num_classes, "Discriminator")
+        require_device(x, "x", self)
+        _check_labels(y, x, self.num_classes, "Discriminator")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,7 +604,7 @@ def _check_dtype(x: torch.Tensor, name: str, model: nn.Module) -> None:
 
 
 def _check_labels(
-    y: torch.Tensor | None, batch_size: int, num_classes: int | None, model: str
+    y: torch.Tensor | None, inputs: torch.Tensor, num_classes: int | None, model: str
 ) -> None:
     if num_classes is None:
         if y is not None:
@@ -614,10 +618,17 @@ def _check_labels(
             f"this {model} is class-conditional (num_classes={num_classes}): pass labels y, "
             "a (batch,) tensor of class indices"
         )
+    require_tensor(y, "y")
+    batch_size = inputs.size(0)
     if y.dtype != torch.long:
         raise ValueError(f"labels y must be a torch.long tensor, got {y.dtype}; use y.long()")
     if tuple(y.shape) != (batch_size,):
         raise ValueError(f"labels y must have shape ({batch_size},), got {tuple(y.shape)}")
+    if y.device != inputs.device:
+        raise ValueError(
+            f"labels y are on {y.device} but the inputs are on {inputs.device}; move them with "
+            f"y.to('{inputs.device}')"
+        )
     if y.device.type != "cpu":
         # Reading y's range would make the host wait for the GPU in every forward (and stop a
         # CUDA-graph capture); an out-of-range label there raises CUDA's device-side assert.

@@ -126,6 +126,10 @@ def _path(name: str | os.PathLike) -> Path:
     """A shipped name, or a path to a .safetensors file written by `export_pretrained`."""
     if not isinstance(name, (str, os.PathLike)):
         raise ValueError(f"name must be a string or a path, got {name!r}")
+    if not str(name):
+        raise ValueError(f"name is empty; pass a shipped name: {', '.join(available())}")
+    if Path(name).is_dir():
+        raise ValueError(f"{name} is a folder; pass a .safetensors file or a shipped name")
     if str(name).endswith(".safetensors"):
         path = Path(name)
     elif Path(name).suffix == ".pt" or Path(name).is_file():
@@ -138,6 +142,8 @@ def _path(name: str | os.PathLike) -> Path:
         path = WEIGHTS_DIR / f"{name}.safetensors"
     if path.is_dir():
         raise ValueError(f"{path} is a folder; pass a .safetensors file")
+    if not path.exists() and path.parent != WEIGHTS_DIR:
+        raise FileNotFoundError(f"no file at {path}; check the path, or pass a shipped name")
     if not path.exists():
         raise FileNotFoundError(
             f"no pretrained weights {str(name)!r}; shipped: {', '.join(available()) or 'none'}. "

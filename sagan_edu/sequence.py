@@ -32,6 +32,8 @@ for the gradient of the loss with respect to one token's embedding:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -90,9 +92,21 @@ class SequenceTask:
 
     def split(self, n_train: int) -> tuple[SequenceTask, SequenceTask]:
         """The first n_train sequences, and the rest (held out)."""
+        _check_count("n_train", n_train, 1)
+        if n_train >= len(self):
+            raise ValueError(
+                f"n_train={n_train} leaves nothing to hold out of {len(self)} sequences; use "
+                f"n_train < {len(self)}"
+            )
         head = SequenceTask(self.tokens[:n_train], self.targets[:n_train], self.vocab, self.classes)
         tail = SequenceTask(self.tokens[n_train:], self.targets[n_train:], self.vocab, self.classes)
         return head, tail
+
+
+def _check_count(name: str, value: object, minimum: int) -> None:
+    """A whole number ≥ minimum (steps=2.5 or n=-1 would fail deep inside torch)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
 
 
 FILLER = ["the", "a", "we", "they", "sat", "went", "to", "by", "near", "old", "new", "that"]
@@ -119,6 +133,8 @@ def context_task(n: int, length: int = 12, seed: int = 0) -> SequenceTask:
 
     Returns a SequenceTask with tokens (n, length) and targets (n, length), one label per row.
     """
+    _check_count("n", n, 1)
+    _check_count("length", length, 1)
     if length < 2:
         raise ValueError(
             f"length must be at least 2 (room for 'bank' and a topic word), got {length}"
@@ -152,6 +168,8 @@ def nearest_topic_task(n: int, length: int = 12, seed: int = 0) -> SequenceTask:
 
     Returns a SequenceTask with tokens (n, length) and targets (n, length), one label per row.
     """
+    _check_count("n", n, 1)
+    _check_count("length", length, 1)
     if length < 4:
         raise ValueError(
             f"length must be at least 4 (room for 'bank' and two topic words at different "
@@ -202,6 +220,8 @@ def long_range_task(
 
     Returns a SequenceTask with tokens (n, length) and targets (n, length), one label per row.
     """
+    _check_count("n", n, 1)
+    _check_count("length", length, 1)
     if length < 2:
         raise ValueError(f"length must be at least 2 (the class token and '?'), got {length}")
     if not 2 <= num_classes <= 26:
@@ -419,6 +439,9 @@ def loss_on(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> to
 @torch.no_grad()
 def accuracy(model: nn.Module, task: SequenceTask, batch_size: int = 1024) -> float:
     """Fraction of labelled positions where the model's top class is the target."""
+    _check_task(task)
+    _check_count("batch_size", batch_size, 1)
+    _check_model_fits(model, task)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -438,6 +461,35 @@ def gradient_norm(model: nn.Module) -> float:
     """The L2 norm of all of `model`'s gradients taken together (0 before any backward)."""
     norms = [p.grad.norm() for p in model.parameters() if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
+
+
+def _check_task(task: object) -> None:
+    if not isinstance(task, SequenceTask):
+        raise ValueError(
+            f"task must be a SequenceTask (from context_task, nearest_topic_task or "
+            f"long_range_task), got {type(task).__name__}"
+        )
+    if not (task.targets != IGNORE).any():
+        raise ValueError(f"task has no labelled positions ({len(task)} sequences); pass a larger n")
+
+
+@torch.no_grad()
+def _check_model_fits(model: nn.Module, task: SequenceTask) -> None:
+    """One sequence through the model: its vocabulary and classes must cover the task's."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # no dropout: the check must not draw random numbers
+    try:
+        logits = model(task.tokens[:1].to(device))  # (1, L, classes)
+    except IndexError:  # an embedding lookup past the model's vocabulary
+        logits = None
+    finally:
+        model.train(was_training)
+    if logits is None or logits.size(-1) < len(task.classes):
+        raise ValueError(
+            f"the model does not fit the task ({len(task.vocab)} words, {len(task.classes)} "
+            f"classes); build it with vocab_size=len(task.vocab), num_classes=len(task.classes)"
+        )
 
 
 def train_classifier(
@@ -461,11 +513,19 @@ def train_classifier(
     held-out accuracy now and then. The step's gradients are still in the parameters' `.grad`
     then (after clipping), so `gradient_norm(model)` reads their size.
     """
+    _check_task(task)
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        _check_count(name, value, 1)
+    if not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be a function of the step, got {callback!r}")
     if clip_grad_norm is not None and not clip_grad_norm > 0:
         raise ValueError(
             f"clip_grad_norm must be a positive number, or None for no clipping; "
             f"got {clip_grad_norm}"
         )
+    _check_model_fits(model, task)
     g = torch.Generator().manual_seed(seed)  # the order of batches, independent of the model
     device = next(model.parameters()).device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)

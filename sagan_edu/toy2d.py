@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sagan_edu.losses import get_losses
+from sagan_edu.config import at_least, check_setting_names, check_setting_types
+from sagan_edu.losses import LOSSES, get_losses
 from sagan_edu.spectral_norm import spectral_norm
 from sagan_edu.training import update_ema
 
@@ -207,6 +208,25 @@ class ToyGANConfig:
     log_every: int = 100
     n_eval: int = 2000  # samples drawn to measure the generator at each log
 
+    def __new__(cls, *args, **kwargs):
+        check_setting_names(cls, kwargs)  # lr= or step= fails naming lr_g, lr_d or steps
+        return super().__new__(cls)
+
+    def __post_init__(self):
+        check_setting_types(self)
+        for name in ("steps", "batch_size", "z_dim", "hidden", "log_every", "n_eval"):
+            at_least(name, getattr(self, name), 1)
+        at_least("seed", self.seed, 0)
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        for name in ("lr_g", "lr_d", "lipschitz"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"each of betas must be in [0, 1), got {self.betas}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None (no EMA), got {self.ema_decay}")
+
 
 @dataclass
 class ToyRun:
@@ -226,6 +246,11 @@ def train_toy_gan(config: ToyGANConfig) -> ToyRun:
     of G's samples; modes_ema and hq_ema for the EMA generator), d_grad (the mean norm of D's
     gradient with respect to its input at real and fake points: how steep D is).
     """
+    if not isinstance(config, ToyGANConfig):
+        raise ValueError(
+            f"train_toy_gan needs a ToyGANConfig, got {type(config).__name__}; build one with "
+            "ToyGANConfig(**settings)"
+        )
     torch.manual_seed(config.seed)
     data_rng = torch.Generator().manual_seed(config.seed + 1)
     G = toy_generator(config.z_dim, config.hidden)

@@ -74,7 +74,9 @@ from sagan_edu.checkpoints import (
     atomic_save,
     check_known_settings,
     check_output_folder,
+    check_resumable,
     load_checkpoint,
+    load_weights,
     remove_stale_temp_files,
 )
 from sagan_edu.config import RESUMABLE_OVERRIDES, TrainConfig, available_devices, check_device_name
@@ -121,8 +123,8 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             hint = "; build one with TrainConfig(**settings)" if isinstance(config, dict) else ""
             raise ValueError(f"Trainer needs a TrainConfig, got {type(config).__name__}{hint}")
-        if callback is not None and not callable(callback):
-            raise ValueError(f"callback must be a function of the trainer, got {callback!r}")
+        if callback is not None:
+            _check_callback(callback)
         checkpoint_path = Path(config.out_dir) / CHECKPOINT_NAME
         checkpoint = _checkpoint_to_resume(config, checkpoint_path)
         if checkpoint is not None:
@@ -145,6 +147,13 @@ class Trainer:
             config.dataset, root=config.data_root, img_size=config.img_size,
             download=config.download,
         )  # fmt: skip
+        if config.batch_size * self.world_size > len(self.dataset):
+            processes = f" (× {self.world_size} processes)" if self.world_size > 1 else ""
+            raise ValueError(
+                f"batch_size={config.batch_size}{processes} is more than the "
+                f"{len(self.dataset)} images of dataset {config.dataset!r}: every batch would "
+                f"repeat images. Use batch_size ≤ {len(self.dataset) // self.world_size}"
+            )
         self.num_classes = self.dataset.num_classes if config.conditional else None
         if config.conditional and self.num_classes is None:
             raise ValueError(
@@ -201,6 +210,13 @@ class Trainer:
         self._window_steps = 0
         if checkpoint is not None:
             self._load_state(checkpoint)
+            if self.step_count >= config.steps:
+                warnings.warn(
+                    f"the checkpoint in {config.out_dir} is at step {self.step_count}, so "
+                    f"steps={config.steps} leaves nothing to train; pass a larger steps (--steps) "
+                    "to continue the run",
+                    stacklevel=2,
+                )
         # fast_step: the iteration captured once as a CUDA graph, or None (eager) where it cannot
         # run; captured_step() then says why in one line.
         self.captured_step = captured_step(self) if config.fast_step else None
@@ -431,11 +447,10 @@ class Trainer:
 
     def _load_state(self, state: dict) -> None:
         self.step_count = state["step"]
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.G_ema.load_state_dict(state["G_ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        path = self.checkpoint_path
+        for name, part in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema),
+                           ("opt_g", self.opt_g), ("opt_d", self.opt_d)):  # fmt: skip
+            load_weights(part, state[name], path, name)
         # load_state_dict restores the saved learning rates; the config's may have been lowered.
         # So do the implementation flags (fused, capturable): the checkpoint may come from
         # another device or from a run with(out) fast_step.
@@ -454,6 +469,10 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Write the full training state atomically; returns the path."""
         path = Path(path) if path is not None else self.checkpoint_path
+        if path.is_dir():
+            raise ValueError(
+                f"path {path} is a folder; pass a file path such as {path / CHECKPOINT_NAME}"
+            )
         with self._locked():
             atomic_save(self.state_dict(), path)
         return path
@@ -471,6 +490,21 @@ class Trainer:
         finally:
             self._lock.release()
             self._lock = None
+
+
+def _check_callback(callback: object) -> None:
+    """The callback is called as callback(trainer): it must take exactly that one argument."""
+    if not callable(callback):
+        raise ValueError(f"callback must be a function of the trainer, got {callback!r}")
+    try:
+        inspect.signature(callback).bind(None)
+    except TypeError:
+        raise ValueError(
+            f"callback is called as callback(trainer), but {callback!r} cannot take that one "
+            "argument; define it as def callback(trainer): ..."
+        ) from None
+    except ValueError:  # some built-in callables have no signature to inspect
+        pass
 
 
 def train(config: TrainConfig, callback: Callable[[Trainer], None] | None = None) -> Trainer:
@@ -516,7 +550,9 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
         raise ValueError(f"decay must be in [0, 1] (1 keeps the EMA unchanged), got {decay}")
     ema_params, params = list(ema_model.parameters()), list(model.parameters())
     ema_buffers, buffers = list(ema_model.buffers()), list(model.buffers())
-    if len(ema_params) != len(params) or len(ema_buffers) != len(buffers):
+    same = len(ema_params) == len(params) and len(ema_buffers) == len(buffers)
+    pairs = zip(ema_params + ema_buffers, params + buffers, strict=False)
+    if not same or any(a.shape != b.shape for a, b in pairs):
         raise ValueError("update_ema needs two models of the same architecture (deepcopy one)")
     # One multi-tensor ("foreach") call each instead of one small kernel per tensor (they
     # refuse empty lists: a model without buffers has none to copy).
@@ -551,6 +587,11 @@ def sample_images(
         raise ValueError(f"n, the number of images, must be a whole number ≥ 0, got {n!r}")
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise ValueError(f"seed must be a whole number, got {seed!r}")
+    if labels is not None and not isinstance(labels, torch.Tensor):
+        raise ValueError(
+            f"labels must be a (n,) tensor of class indices, got {type(labels).__name__}; "
+            "for example torch.tensor([3, 3, 7])"
+        )
     device = next(generator.parameters()).device
     # Drawn on the CPU, then moved: CPU and CUDA generators give different numbers for the same
     # seed, and this way every device samples the same images (up to rounding).
@@ -626,12 +667,14 @@ def load_generator(
     path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = True
 ) -> Generator:
     """The (EMA, by default) generator of a checkpoint, in eval mode, ready to sample from."""
+    if not isinstance(ema, bool):
+        raise ValueError(f"ema must be True (the EMA generator) or False (G), got {ema!r}")
     device = pick_device(device)
     state = load_checkpoint(path, map_location=device)
     known = set(inspect.signature(Generator).parameters)
     check_known_settings(path, "generator config", state["G_config"], known)
     generator = Generator(**state["G_config"])
-    generator.load_state_dict(state["G_ema" if ema else "G"])
+    load_weights(generator, state["G_ema" if ema else "G"], path, "G_ema" if ema else "G")
     return generator.to(device).eval()
 
 
@@ -643,7 +686,9 @@ def _checkpoint_to_resume(config: TrainConfig, path: Path) -> dict | None:
     """
     if path.is_file():
         if config.resume:
-            return load_checkpoint(path)
+            checkpoint = load_checkpoint(path)
+            check_resumable(path, checkpoint)
+            return checkpoint
         if not config.overwrite:
             raise ValueError(
                 f"{path.parent} already holds a training checkpoint ({path.name}). To continue "

@@ -7,7 +7,8 @@ shows it and a script can `fig.savefig(...)`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -21,6 +22,7 @@ from sagan_edu.attention import SelfAttention2d
 from sagan_edu.attention_ablation import scaled_attention
 from sagan_edu.attention_maps import (  # re-exported: notebooks import them from here too
     attention_entropy,
+    check_pair,
     mean_attention_distance,
     pool_factor,
     query_index,
@@ -62,8 +64,30 @@ __all__ = [
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """(B, C, H, W) in [-1, 1] -> one (H', W', C) image in [0, 1], tiles separated by 2 px."""
+    check_images(images)
+    if not isinstance(nrow, numbers.Integral) or isinstance(nrow, bool) or nrow < 1:
+        raise ValueError(f"nrow, the images per row, must be a whole number ≥ 1, got {nrow!r}")
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
     return grid.permute(1, 2, 0)  # (H', W', 3): make_grid repeats a single channel to RGB
+
+
+def check_images(images: object, name: str = "images") -> None:
+    """A non-empty (B, C, H, W) tensor of grey (C = 1) or colour (C = 3) images."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{name} must be a (B, C, H, W) torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4 or images.size(1) not in (1, 3):
+        hint = (
+            f"; channels come second in PyTorch: {name}.permute(0, 3, 1, 2)"
+            if images.dim() == 4 and images.size(-1) in (1, 3)
+            else f"; for one image use {name}[None]"
+            if images.dim() == 3
+            else ""
+        )
+        raise ValueError(
+            f"{name} must have shape (B, C, H, W) with C = 1 or 3, got {tuple(images.shape)}{hint}"
+        )
+    if len(images) == 0:
+        raise ValueError(f"{name} is empty (batch size 0); pass at least one image")
 
 
 def plot_images(images: torch.Tensor, nrow: int = 8, title: str | None = None) -> Figure:
@@ -139,18 +163,26 @@ def query_attention_map(
         (B, rows, cols) attention weights of that query (bilinear upsampling of the pooled
         grid, rescaled so each map still sums to 1).
     """
-    H, W = feature_size
+    _check_attention(attention)
+    H, W = check_pair("feature_size", feature_size)
     B, N, M = attention.shape
     pool = pool_factor(N, M, (H, W))
-    rows, cols = image_size or (H, W)
-    r, c = query
-    if not (0 <= r < rows and 0 <= c < cols):
-        raise ValueError(f"query {query} lies outside the {rows}×{cols} image")
-    n = (r * H // rows) * W + (c * W // cols)  # the query's row in the attention matrix
+    rows, cols = (H, W) if image_size is None else check_pair("image_size", image_size)
+    n = query_index((H, W), query, (rows, cols))  # the query's row in the attention matrix
     grid = attention[:, n].reshape(B, 1, H // pool, W // pool).float()
     upsampled = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False)
     upsampled = upsampled[:, 0]
     return upsampled / upsampled.sum(dim=(1, 2), keepdim=True)
+
+
+def _check_attention(attention: object) -> None:
+    if not isinstance(attention, torch.Tensor) or attention.dim() != 3:
+        shape = tuple(attention.shape) if isinstance(attention, torch.Tensor) else None
+        raise ValueError(
+            "attention must be a (B, N, M) tensor of weights, as SelfAttention2d returns with "
+            f"return_attention=True, got {shape or type(attention).__name__}; for one map use "
+            "attention[None]"
+        )
 
 
 def key_weight_grid(
@@ -222,6 +254,13 @@ def plot_attention_maps(
     with a colour bar that marks the even-spread level 1/M; each panel prints its query's
     largest weight and entropy, so near-even attention cannot pass for structure.
     """
+    check_images(images)
+    _check_attention(attention)
+    if not -len(images) <= index < len(images) or len(attention) != len(images):
+        raise ValueError(
+            f"index {index} must pick one of the {len(images)} images, and attention must hold "
+            f"one map per image, got {len(attention)}"
+        )
     images, attention = images.detach().cpu(), attention.detach().cpu()  # GPU tensors welcome
     size = tuple(images.shape[-2:])
     rows = [query_index(feature_size, query, size) for query in queries]
@@ -312,12 +351,21 @@ def plot_sequence_attention(
 
 def plot_history(history: dict[str, list[float]]) -> Figure:
     """Losses and the mean D output on real and fake images against step."""
-    missing = [k for k in ("step", "loss_d", "loss_g", "d_real", "d_fake") if k not in history]
+    names = ("step", "loss_d", "loss_g", "d_real", "d_fake")
+    if not isinstance(history, Mapping):
+        raise ValueError(
+            f"history must be a dict of lists, as trainer.history, got {type(history).__name__}; "
+            "for a run folder load it with json.loads(Path('RUN/history.json').read_text())"
+        )
+    missing = [k for k in names if k not in history]
     if missing:
         raise ValueError(
             f"history lacks {', '.join(missing)}: pass a Trainer's history after at least one "
             "log (trainer.history, or history.json of a run folder)"
         )
+    lengths = {k: len(history[k]) for k in names}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"history's lists must be equally long (one entry per log), got {lengths}")
     steps = history["step"]
     fig, (ax_loss, ax_d) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax_loss.plot(steps, history["loss_d"], label="D loss")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import io
+import numbers
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -31,10 +32,14 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from sagan_edu import viz
+from sagan_edu.attention_maps import check_pair
 
 __all__ = ["AttentionExplorer", "SequenceAttentionExplorer"]
 
 CACHE_SIZE = 32  # samples kept per explorer: clicking back to a recent seed is instant
+
+
+GAMMA_SCALE_RANGE = (-1.0, 3.0)  # what the "G's γ ×" slider offers
 
 
 class _Cache:
@@ -127,16 +132,42 @@ class AttentionExplorer(_Explorer):
         query: tuple[int, int] | None = None,
         gamma_scale: float = 1.0,
     ):
+        _check_explorer_models(generator, discriminator)
         self.generator = generator
         self.discriminator = discriminator
+        size = generator.img_size
+        if real_images is not None:
+            viz.check_images(real_images, "real_images")
+            if tuple(real_images.shape[1:]) != (generator.img_channels, size, size):
+                raise ValueError(
+                    f"real_images must be (B, {generator.img_channels}, {size}, {size}) like the "
+                    f"generator's images, got {tuple(real_images.shape)}"
+                )
         self.real_images = None if real_images is None else real_images.detach().float().cpu()
         layers = viz.attention_layer_names(generator, discriminator)
         if not layers:
             raise ValueError(
                 "this model has no attention layers to explore; build it with attention_at=(16,)"
             )
-        size = generator.img_size
-        row, col = query if query is not None else (size // 2, size // 2)
+        if layer is not None and layer not in layers:
+            raise ValueError(
+                f"no attention layer {layer!r} here; choose one of {', '.join(layers)}"
+            )
+        row, col = (size // 2, size // 2) if query is None else check_pair("query", query)
+        if not (0 <= row < size and 0 <= col < size):
+            raise ValueError(f"query {query} lies outside the {size}×{size} image")
+        if (
+            not isinstance(seed, numbers.Integral)
+            or isinstance(seed, bool)
+            or not 0 <= seed < 2**31
+        ):
+            raise ValueError(f"seed must be a whole number from 0 to 2**31 - 1, got {seed!r}")
+        low, high = GAMMA_SCALE_RANGE
+        if not isinstance(gamma_scale, numbers.Real) or not low <= gamma_scale <= high:
+            raise ValueError(
+                f"gamma_scale must be a number from {low:g} to {high:g} (the slider's range), "
+                f"got {gamma_scale!r}"
+            )
         self._samples = _Cache()  # (seed, label, γ scale) -> G's image and attention maps
         self._d_maps = _Cache()  # (seed, label, γ scale, source) -> D's image and attention maps
 
@@ -164,7 +195,7 @@ class AttentionExplorer(_Explorer):
         self.row = widgets.IntSlider(value=row, description="query row", **slider)
         self.col = widgets.IntSlider(value=col, description="query col", **slider)
         self.gamma_scale = widgets.FloatSlider(
-            value=gamma_scale, min=-1.0, max=3.0, step=0.25, description="G's γ ×",
+            value=gamma_scale, min=low, max=high, step=0.25, description="G's γ ×",
             continuous_update=False, readout_format=".2f",
         )  # fmt: skip
         self.picture = widgets.Image(format="png")
@@ -281,6 +312,19 @@ class AttentionExplorer(_Explorer):
         self.seed.value = (self.seed.value + 1) % (self.seed.max + 1)  # redraws via the observer
 
 
+def _check_explorer_models(generator: object, discriminator: object) -> None:
+    """A generator first (it makes the pictures), then optionally a discriminator."""
+    if not isinstance(generator, nn.Module) or not hasattr(generator, "z_dim"):
+        raise ValueError(
+            f"generator must be a sagan_edu Generator (from pretrained.load or a Trainer's "
+            f"G_ema), got {type(generator).__name__}; a Discriminator goes in discriminator="
+        )
+    if discriminator is not None and not hasattr(discriminator, "attention_layers"):
+        raise ValueError(
+            f"discriminator must be a sagan_edu Discriminator, got {type(discriminator).__name__}"
+        )
+
+
 class SequenceAttentionExplorer(_Explorer):
     """Pick a layer and a head; see its token-to-token attention with the tokens as labels.
 
@@ -302,6 +346,11 @@ class SequenceAttentionExplorer(_Explorer):
         weights: Mapping[str, torch.Tensor],
         key_tokens: Sequence[str] | None = None,
     ):
+        if not isinstance(weights, Mapping):
+            raise ValueError(
+                "weights must be a dict {layer name: (heads, Lq, Lk) tensor}, got "
+                f"{type(weights).__name__}; for one layer pass {{'layer 0': weights}}"
+            )
         if not weights:
             raise ValueError("weights is empty: pass {layer name: (heads, Lq, Lk) tensor}")
         self.tokens = list(tokens)

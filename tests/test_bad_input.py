@@ -65,6 +65,7 @@ def cli_error(capsys, argv: list[str]) -> str:
         ({"attention_at": "16"}, r"attention_at must be a tuple .* got '16'"),
         ({"attention_at": (16.0,)}, "attention_at must hold whole numbers"),
         ({"attention_at": (0,)}, "attention_at size must be a positive integer"),
+        ({"attention_at": (16, 16)}, r"attention_at names a size twice, got \(16, 16\)"),
         ({"betas": (1.5, 0.9)}, r"betas must be in \[0, 1\)"),
         ({"betas": (0.9,)}, "betas must be a pair"),
         ({"betas": 0.9}, "betas must be a pair"),
@@ -336,7 +337,10 @@ def api_calls() -> dict:
             lambda: class_coverage(torch.zeros(10)),
             "positive total, as class_histogram returns",
         ),
-        "class_histogram(empty)": (lambda: class_histogram(torch.zeros(0, 1, 32, 32)), "non-empty"),
+        "class_histogram(empty)": (
+            lambda: class_histogram(torch.zeros(0, 1, 32, 32)),
+            "holds 0 image.*pass at least 1",
+        ),
         "frechet_distance(numpy)": (
             lambda: frechet_distance(np.zeros((3, 4)), np.zeros((3, 4))),
             "must be a torch.Tensor",
@@ -473,3 +477,287 @@ def test_download_setting_reaches_the_dataset_loader(tmp_path, monkeypatch):
     assert seen["download"] is True
     args = cli.build_parser().parse_args(["train", "--download"])
     assert args.download is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Misspelt settings, callbacks, batches larger than the data, incomplete checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("step", "steps"),
+        ("bach_size", "batch_size"),
+        ("lr", "lr_g or lr_d"),
+        ("batch", "batch_size"),
+    ],
+)
+def test_misspelt_setting_names_the_closest_ones(name, suggestion):
+    with pytest.raises(TypeError, match=rf"no setting '{name}' \(did you mean {suggestion}\?\)"):
+        TrainConfig(**{name: 1})
+    with pytest.raises(TypeError, match=r"its settings are: dataset, data_root"):
+        TrainConfig(xyz=1)
+
+
+def test_callback_that_cannot_take_the_trainer_fails_at_start(tmp_path):
+    with pytest.raises(ValueError, match=r"called as callback\(trainer\).*def callback\(trainer\)"):
+        Trainer(tiny_config(tmp_path), callback=lambda: None)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_batch_larger_than_the_dataset_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"batch_size=4001 is more than the 4000 images .*≤ 4000"):
+        Trainer(tiny_config(tmp_path, batch_size=4001))
+    assert len(Trainer(tiny_config(tmp_path, batch_size=4000)).dataset) == 4000
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("trained")
+    training.train(tiny_config(folder, steps=2))
+    return torch.load(folder / "run" / "checkpoint.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("key", ["opt_g", "rng", "history"])
+def test_resume_from_a_checkpoint_without_the_training_state(tmp_path, saved_state, key):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({k: v for k, v in saved_state.items() if k != key}, run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match=rf"not the whole training state \(it lacks {key}\)"):
+        Trainer(tiny_config(tmp_path, resume=True, steps=3))
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert load_generator_works(run / "checkpoint.pt")  # its generator is still usable
+
+
+def load_generator_works(path: Path) -> bool:
+    return training.load_generator(path).z_dim == 16
+
+
+def test_weights_that_do_not_fit_their_config_name_the_file(tmp_path, saved_state):
+    run = tmp_path / "run"
+    run.mkdir()
+    wider = dict(saved_state, config=dict(saved_state["config"], g_channels=16),
+                 G_config=dict(saved_state["G_config"], base_channels=16))  # fmt: skip
+    torch.save(wider, run / "checkpoint.pt")
+    with pytest.raises(
+        ValueError, match=r"checkpoint.pt: the saved G does not fit .*size mismatch"
+    ):
+        Trainer(tiny_config(tmp_path, resume=True, steps=3))
+    with pytest.raises(
+        ValueError, match=r"the saved G_ema does not fit .*another sagan_edu version"
+    ):
+        training.load_generator(run / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"ema must be True .* got 'no'"):
+        training.load_generator(run / "checkpoint.pt", ema="no")
+
+
+def test_save_checkpoint_into_a_folder_path(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path))
+    with pytest.raises(ValueError, match=r"is a folder; pass a file path such as .*checkpoint.pt"):
+        trainer.save_checkpoint(tmp_path)
+
+
+def test_cli_train_into_a_folder_with_someone_elses_figures(tmp_path, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "samples.png").write_bytes(b"my own picture")
+    err = cli_error(capsys, ["train", "--steps", "1", "--out", str(folder), *TINY])
+    assert "holds samples.png but no checkpoint.pt" in err and "--overwrite" in err
+    assert (folder / "samples.png").read_bytes() == b"my own picture"
+    assert main(["train", "--steps", "1", "--out", str(folder), "--overwrite", *TINY]) == 0
+    assert (folder / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("command", "name"), [("sample", "grid.png"), ("export", "g.safetensors")])
+def test_cli_sample_and_export_keep_an_existing_out_file(tmp_path, capsys, command, name):
+    run = str(tmp_path / "run")
+    assert main(["train", "--steps", "1", "--out", run, *TINY]) == 0
+    out = tmp_path / name
+    out.write_bytes(b"keep me")
+    err = cli_error(capsys, [command, "--checkpoint", f"{run}/checkpoint.pt", "--out", str(out)])
+    assert "exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"keep me"
+    argv = [command, "--checkpoint", f"{run}/checkpoint.pt", "--out", str(out), "--overwrite"]
+    assert main(argv) == 0 and out.read_bytes() != b"keep me"
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and layers: numpy arrays, lists, tensors on another device
+# ---------------------------------------------------------------------------------------------
+
+
+def not_tensor_calls() -> dict:
+    """name -> (a call with a numpy array or list where a tensor belongs, the name it must say)."""
+    G, D = Generator(z_dim=16, base_channels=8), Discriminator(base_channels=8)
+    Gc = Generator(z_dim=16, base_channels=8, num_classes=10)
+    z, x = torch.randn(2, 16), torch.randn(2, 1, 32, 32)
+    return {
+        "G(numpy z)": (lambda: G(z.numpy()), r"z must be .* got ndarray.*torch.from_numpy\(z\)"),
+        "G(labels list)": (lambda: Gc(z, [1, 2]), r"y must be .* got list.*torch.tensor\(y\)"),
+        "D(numpy images)": (lambda: D(x.numpy()), r"x must be .* got ndarray"),
+        "SelfAttention2d(list)": (lambda: SelfAttention2d(16)([[0.0]]), r"x must be .* got list"),
+        "MultiHeadAttention(mask=list)": (
+            lambda: MultiHeadAttention(8, 2)(torch.randn(1, 3, 8), mask=[[True] * 3] * 3),
+            r"mask must be .* got list",
+        ),
+        "scaled_dot_product_attention(numpy)": (
+            lambda: scaled_dot_product_attention(*[np.zeros((2, 3, 4))] * 3),
+            r"q must be a torch.Tensor, got ndarray",
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(not_tensor_calls()))
+def test_layers_and_models_name_an_input_that_is_not_a_tensor(name):
+    call, message = not_tensor_calls()[name]
+    with pytest.raises(TypeError, match=message):
+        call()
+
+
+def test_inputs_on_another_device_than_the_weights():
+    """'meta' tensors stand in for a GPU: the check compares devices, whatever they are."""
+    G = Generator(z_dim=16, base_channels=8)
+    with pytest.raises(ValueError, match=r"z is on meta but the Generator's weights are on cpu"):
+        G(torch.randn(2, 16, device="meta"))
+    with pytest.raises(
+        ValueError, match=r"x is on cpu but the Discriminator's weights are on meta"
+    ):
+        Discriminator(base_channels=8).to("meta")(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"x is on cpu .*SelfAttention2d's weights are on meta"):
+        SelfAttention2d(16).to("meta")(torch.randn(1, 16, 4, 4))
+    with pytest.raises(
+        ValueError, match=r"query is on cpu .*weights are on meta.*query.to\('meta'\)"
+    ):
+        MultiHeadAttention(8, 2).to("meta")(torch.randn(1, 3, 8))
+    Gc = Generator(z_dim=16, base_channels=8, num_classes=10)
+    with pytest.raises(ValueError, match=r"labels y are on meta but the inputs are on cpu"):
+        Gc(torch.randn(2, 16), torch.zeros(2, dtype=torch.long, device="meta"))
+
+
+def test_class_metrics_refuse_pixels_in_another_range(digits):
+    from sagan_edu.metrics import class_histogram, within_class_diversity
+
+    for call in (class_histogram, within_class_diversity):
+        with pytest.raises(ValueError, match=r"look like 0..255 images.*images / 127.5 - 1"):
+            call(digits * 127.5 + 127.5)
+        with pytest.raises(ValueError, match=r"look like \[0, 1\] images.*images \* 2 - 1"):
+            call((digits + 1) / 2)
+        with pytest.raises(ValueError, match=r"must be a torch.Tensor .* got ndarray"):
+            call(digits.numpy())
+    assert class_histogram(digits).sum() == len(digits)  # [-1, 1] digits are still counted
+
+
+def test_frechet_distance_refuses_nan_features():
+    from sagan_edu.metrics import frechet_distance
+
+    bad = torch.randn(5, 4)
+    bad[2, 1] = math.nan
+    with pytest.raises(ValueError, match=r"features_a holds NaN or infinite values"):
+        frechet_distance(bad, torch.randn(5, 4))
+
+
+def test_load_dataset_flags_must_be_booleans_and_sizes_may_be_numpy_integers():
+    with pytest.raises(ValueError, match=r"train must be True or False, got 'no'"):
+        load_dataset("mnist5k", train="no")  # truthy: it would have loaded the training split
+    with pytest.raises(ValueError, match=r"download must be True or False, got 1"):
+        load_dataset("mnist5k", download=1)
+    with pytest.raises(ValueError, match=r"unknown dataset \['mnist5k'\]; choose one of mnist5k"):
+        load_dataset(["mnist5k"])
+    small = load_dataset("twin-shapes", length=np.int64(3), img_size=np.int64(32))
+    assert small.images.shape == (3, 3, 32, 32)
+
+
+def test_pretrained_load_says_what_is_wrong_with_a_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no file at .*nope.safetensors; check the path"):
+        pretrained.load(str(tmp_path / "nope.safetensors"))
+    with pytest.raises(ValueError, match=r"is a folder; pass a .safetensors file or a shipped"):
+        pretrained.load(tmp_path)
+    with pytest.raises(ValueError, match=r"name is empty; pass a shipped name: mnist5k-noattn32"):
+        pretrained.load("")
+
+
+def test_a_tilde_in_out_means_the_home_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert tiny_config(tmp_path, out_dir="~/runs/a").out_dir == str(tmp_path / "home/runs/a")
+    assert main(["train", "--steps", "1", "--out=~/runs/b", *TINY]) == 0  # no shell expansion
+    assert (tmp_path / "home/runs/b/checkpoint.pt").is_file()
+    grid = tmp_path / "home/grid.png"
+    assert main(["sample", "--checkpoint=~/runs/b/checkpoint.pt", "--out=~/grid.png"]) == 0
+    assert grid.is_file() and not (tmp_path / "~").exists()
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--steps", "2", "--out", out, *TINY]) == 0
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--steps", "1", "--out", out, "--resume", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the checkpoint in" in err and "is at step 2, so steps=1 leaves nothing" in err
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy GAN's config, ablations, sampling labels, the EMA and the course setup
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"steps": 0}, ValueError, "steps must be a positive integer, got 0"),
+        ({"log_every": 0}, ValueError, "log_every must be a positive integer"),
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
+        ({"lr_d": "1e-3"}, ValueError, r"lr_d must be a number, got '1e-3' \(a str\)"),
+        ({"ema_decay": 1.5}, ValueError, r"ema_decay must be in \[0, 1\) or None"),
+        ({"loss": "wgan"}, ValueError, "unknown loss 'wgan'; choose one of hinge, nonsaturating"),
+        ({"betas": (0.5,)}, ValueError, "betas must be a pair"),
+        ({"step": 10}, TypeError, r"ToyGANConfig has no setting 'step' \(did you mean steps\?\)"),
+    ],
+)
+def test_toy_gan_config_is_checked_when_built(overrides, error, message):
+    from sagan_edu.toy2d import ToyGANConfig
+
+    with pytest.raises(error, match=message):
+        ToyGANConfig(**overrides)
+    assert ToyGANConfig(ema_decay=0.99, steps=np.int64(5)).steps == 5  # valid values still work
+
+
+def more_api_calls() -> dict:
+    from sagan_edu.attention_ablation import scaled_attention
+    from sagan_edu.course import setup
+    from sagan_edu.halves import half_agreement
+    from sagan_edu.toy2d import train_toy_gan
+    from sagan_edu.training import update_ema
+
+    Gc = Generator(z_dim=16, base_channels=8, num_classes=10)
+    return {
+        "train_toy_gan(dict)": (lambda: train_toy_gan({"steps": 2}), r"ToyGANConfig\(\*\*settings"),
+        "sample_images(labels=list)": (
+            lambda: sample_images(Gc, 2, labels=[1, 2]),
+            r"labels must be a \(n,\) tensor .*got list.*torch.tensor",
+        ),
+        "update_ema(different widths)": (
+            lambda: update_ema(Gc, Generator(z_dim=16, base_channels=16, num_classes=10), 0.9),
+            "same architecture",
+        ),
+        "scaled_attention(nan)": (
+            lambda: scaled_attention(Gc, math.nan).__enter__(),
+            r"scale must be a finite number \(0 switches attention off\), got nan",
+        ),
+        "course.setup('a')": (lambda: setup("a"), "seed must be a whole number, got 'a'"),
+        "half_agreement(numpy)": (
+            lambda: half_agreement(np.zeros((2, 3, 32, 32))),
+            "images must be a torch.Tensor, got ndarray",
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(more_api_calls()))
+def test_more_public_functions_reject_bad_arguments_clearly(name):
+    call, message = more_api_calls()[name]
+    with pytest.raises(ValueError, match=message):
+        call()

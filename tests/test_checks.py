@@ -1101,3 +1101,27 @@ def test_no_raw_exception_escapes_a_check():
     for check in RIGHT:
         with pytest.raises(CheckFailed):
             check(returns_a_string)
+
+
+@pytest.mark.parametrize("passed", [torch.zeros(3), None, 5, "attention_weights"])
+def test_a_value_instead_of_a_function_says_to_pass_the_function(passed):
+    """The usual slip: check(f(q, k)) instead of check(f)."""
+    for check in RIGHT:
+        with pytest.raises(CheckFailed, match=rf"{check.__name__} takes your function itself.*"
+                           rf"{check.__name__}\(my_function\), not"):  # fmt: skip
+            check(passed)
+
+
+def test_a_function_with_the_wrong_parameters_is_told_to_keep_the_stubs():
+    def no_parameters():
+        return torch.zeros(3)
+
+    with pytest.raises(CheckFailed, match=r"(?s)takes 0 positional.*keep the parameters of the"):
+        checks.check_attention_weights(no_parameters)
+
+    def calls_softmax_wrongly(q, k):  # a TypeError inside the function is not about parameters
+        return torch.softmax(q @ k.transpose(-2, -1), dim=-1, extra=1)
+
+    with pytest.raises(CheckFailed) as failed:
+        checks.check_attention_weights(calls_softmax_wrongly)
+    assert "extra" in str(failed.value) and "keep the parameters" not in str(failed.value)

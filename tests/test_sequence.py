@@ -296,3 +296,51 @@ def test_loss_ignores_unlabelled_positions():
     targets[:, 1] = torch.tensor([0, 1])
     expected = torch.nn.functional.cross_entropy(model(tokens)[:, 1], targets[:, 1])
     torch.testing.assert_close(loss_on(model, tokens, targets), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad arguments: one ValueError naming the argument, not an error from inside torch
+# ---------------------------------------------------------------------------------------------
+
+
+def bad_sequence_calls() -> dict:
+    from sagan_edu import sequence
+
+    task = sequence.context_task(32)
+    model = sequence.TokenClassifier(len(task.vocab), len(task.classes))
+    train = sequence.train_classifier
+    return {
+        "context_task(2.5)": (lambda: sequence.context_task(2.5), r"n must be a whole number ≥ 1"),
+        "context_task(-1)": (lambda: sequence.context_task(-1), r"n must be .* got -1"),
+        "steps=0": (lambda: train(model, task, steps=0), r"steps must be a whole number ≥ 1"),
+        "steps=2.5": (lambda: train(model, task, steps=2.5), r"steps must be .* got 2.5"),
+        "batch_size=0": (lambda: train(model, task, batch_size=0), r"batch_size must be"),
+        "lr=-1": (lambda: train(model, task, lr=-1), r"lr must be a positive number, got -1"),
+        "task=list": (lambda: train(model, [1, 2]), r"task must be a SequenceTask .*got list"),
+        "model too small": (
+            lambda: train(sequence.TokenClassifier(3, 1), task, steps=1),
+            r"does not fit the task \(23 words, 2 classes\).*vocab_size=len\(task.vocab\)",
+        ),
+        "accuracy(batch_size=0)": (
+            lambda: sequence.accuracy(model, task, batch_size=0),
+            r"batch_size must be a whole number ≥ 1, got 0",
+        ),
+        "split(all)": (lambda: task.split(32), r"n_train=32 leaves nothing to hold out of 32"),
+    }
+
+
+@pytest.mark.parametrize("name", list(bad_sequence_calls()))
+def test_sequence_functions_reject_bad_arguments_clearly(name):
+    call, message = bad_sequence_calls()[name]
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_the_fit_check_leaves_the_random_state_and_training_mode_alone():
+    from sagan_edu import sequence
+
+    task = sequence.context_task(16)
+    model = sequence.TokenClassifier(len(task.vocab), len(task.classes)).train()
+    state = torch.get_rng_state()
+    sequence.accuracy(model, task)
+    assert torch.equal(torch.get_rng_state(), state) and model.training

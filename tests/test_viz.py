@@ -118,3 +118,59 @@ def test_sequence_attention_heatmaps():
     assert len(plot_sequence_attention(weights[0], tokens).axes) == 2  # the map and its bar
     with pytest.raises(ValueError, match="do not match 2 query"):
         plot_sequence_attention(weights, tokens[:2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad arguments: a ValueError that names the argument and the fix, not torchvision's or
+# matplotlib's error from inside
+# ---------------------------------------------------------------------------------------------
+
+
+def bad_viz_calls() -> dict:
+    images = torch.rand(4, 1, 32, 32) * 2 - 1
+    attention = torch.softmax(torch.randn(2, 256, 64), dim=-1)
+    history = {"step": [1, 2], "loss_d": [1.0], "loss_g": [1.0], "d_real": [0.0], "d_fake": [0.0]}
+    return {
+        "image_grid(numpy)": (lambda: image_grid(images.numpy()), r"torch.Tensor, got ndarray"),
+        "image_grid(empty)": (lambda: image_grid(images[:0]), r"images is empty"),
+        "image_grid(nrow=0)": (lambda: image_grid(images, nrow=0), r"nrow.*≥ 1, got 0"),
+        "image_grid(NHWC)": (
+            lambda: image_grid(images.permute(0, 2, 3, 1)),
+            r"got \(4, 32, 32, 1\); channels come second.*permute\(0, 3, 1, 2\)",
+        ),
+        "image_grid(one image)": (
+            lambda: image_grid(images[0]),
+            r"for one image use images\[None\]",
+        ),
+        "query_attention_map(2-D)": (
+            lambda: query_attention_map(attention[0], (16, 16), (3, 3)),
+            r"attention must be a \(B, N, M\) tensor .*got \(256, 64\).*attention\[None\]",
+        ),
+        "query_attention_map(feature_size=16)": (
+            lambda: query_attention_map(attention, 16, (3, 3)),
+            r"feature_size must be a pair of whole numbers such as \(16, 16\), got 16",
+        ),
+        "query_attention_map(query float)": (
+            lambda: query_attention_map(attention, (16, 16), (3.5, 3)),
+            r"query must be a pair of whole numbers .*got \(3.5, 3\)",
+        ),
+        "plot_attention_maps(index=5)": (
+            lambda: plot_attention_maps(images[:2], attention, (16, 16), [(4, 4)], index=5),
+            r"index 5 must pick one of the 2 images",
+        ),
+        "plot_history(unequal)": (
+            lambda: plot_history(history),
+            r"must be equally long.*'step': 2",
+        ),
+        "plot_history(path)": (
+            lambda: plot_history("runs/x/history.json"),
+            r"history must be a dict of lists.*got str.*json.loads",
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(bad_viz_calls()))
+def test_viz_rejects_bad_arguments_clearly(name):
+    call, message = bad_viz_calls()[name]
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -413,3 +413,41 @@ def test_plot_attention_distances_and_sequence_layers():
     assert len(titled) == 2 + 4 + 1
     top = max(float(w.max()) for w in _sequence_weights().values())  # one scale for all panels
     assert {a.get_images()[0].get_clim() for a in fig.axes if a.get_images()} == {(0.0, top)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad arguments: refused with the reason, never clamped by a slider without a word
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"layer": "G/64x64"}, r"no attention layer 'G/64x64' here; choose one of G/8x8, G/16x16"),
+        ({"query": (40, 3)}, r"query \(40, 3\) lies outside the 32×32 image"),
+        ({"query": (-1, 3)}, r"query \(-1, 3\) lies outside"),
+        ({"query": 5}, r"query must be a pair of whole numbers"),
+        ({"seed": -1}, r"seed must be a whole number from 0 to 2\*\*31 - 1, got -1"),
+        ({"gamma_scale": 10}, r"gamma_scale must be a number from -1 to 3 .*got 10"),
+        ({"real_images": torch.zeros(2, 1, 28, 28)}, r"real_images must be \(B, 1, 32, 32\)"),
+        ({"real_images": torch.zeros(2, 1, 32, 32).numpy()}, r"real_images must be .*ndarray"),
+    ],
+)
+def test_attention_explorer_refuses_bad_arguments(models, kwargs, message):
+    G, D = models
+    with pytest.raises(ValueError, match=message):
+        AttentionExplorer(G, D if "real_images" in kwargs else None, **kwargs)
+
+
+def test_attention_explorer_needs_a_generator_first(models):
+    G, D = models
+    with pytest.raises(ValueError, match=r"generator must be a sagan_edu Generator.*Discriminator"):
+        AttentionExplorer(D)
+    with pytest.raises(ValueError, match=r"discriminator must be a sagan_edu Discriminator"):
+        AttentionExplorer(G, discriminator="D")
+
+
+def test_sequence_explorer_needs_a_dict_of_weights():
+    weights = torch.rand(2, 3, 3)
+    with pytest.raises(ValueError, match=r"weights must be a dict .*got Tensor.*'layer 0'"):
+        SequenceAttentionExplorer(["a", "b", "c"], weights)

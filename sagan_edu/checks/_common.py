@@ -120,6 +120,12 @@ def _call(
         message = f"your {name} raised {type(err).__name__}: {err}\n  It was called with: {given}."
         if advice := _advice_for(err):
             message += f"\n  {advice}"
+        if isinstance(err, TypeError) and len(traceback.extract_tb(err.__traceback__)) == 1:
+            # Raised by the call itself, before any line of your function ran.
+            message += (
+                f"\n  Your {name} does not take the arguments the check passes: keep the "
+                "parameters of the exercise's stub, in its order."
+            )
         if hint:
             message += f"\n  {hint}"
         raise CheckFailed(message) from err
@@ -146,6 +152,8 @@ def checked(check: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(check)
     def wrapper(learner: Any) -> None:
+        if not callable(learner):
+            _not_callable(check, learner)
         try:
             check(learner)
         except CheckFailed:
@@ -158,6 +166,15 @@ def checked(check: Callable[..., None]) -> Callable[..., None]:
             _stopped(check, err)
 
     return wrapper
+
+
+def _not_callable(check: Callable, learner: Any) -> NoReturn:
+    """The usual cause: the function was called (its result passed) instead of passed itself."""
+    _fail(
+        f"{check.__name__} takes your function itself, but got {_describe(learner)}, which "
+        f"cannot be called. Pass the function's name without parentheses or arguments: "
+        f"{check.__name__}(my_function), not {check.__name__}(my_function(...))"
+    )
 
 
 def _stopped(check: Callable, err: Exception) -> NoReturn:
