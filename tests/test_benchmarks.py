@@ -178,7 +178,27 @@ def test_table_aggregates_seeds():
         for s, fd in ((0, 1.0), (1, 3.0))
     ]
     text = script.table({"runs": runs, "references": {}})
-    assert "| 16×16 | default | 10 | 8 | 4 | 0,1 | 1 / 2 | 2 ± 1.4 |" in text
+    assert "| 16×16 | default | 10 | 8 | 4 | cpu | 0,1 | 1 / 2 | 2 ± 1.4 |" in text
+
+
+def test_cpu_and_gpu_runs_of_one_setting_stay_apart():
+    # The sweep trains in bf16 on CUDA and float32 on the CPU: the same seed and settings on the
+    # two are different runs. Neither may replace the other, nor share a row of the table.
+    script = load_script("ablation")
+    run = {"dataset": "twin-shapes", "placement": "16", "steps": 10, "seed": 1,
+           "eval_samples": 16, "train_time_s": 1.0, "params": {"G": 1, "D": 2},
+           "config": {"g_channels": 8, "batch_size": 4, "img_size": 32},
+           "torch": "x", "date": "2026-01-01"}  # fmt: skip
+    on_cpu = run | {"device": "cpu: x86_64", "metrics": {script.CONSISTENCY_NAME: 0.25}}
+    on_gpu = run | {"device": "cuda: NVIDIA H200", "metrics": {script.CONSISTENCY_NAME: 0.75}}
+    assert script.run_id(on_cpu).endswith("|cpu") and script.run_id(on_gpu).endswith("|cuda")
+    results = {"runs": [], "references": {}}
+    for record in (on_cpu, on_gpu, on_cpu | {"metrics": {script.CONSISTENCY_NAME: 0.5}}):
+        script.replace_run(results, record, script.run_key)
+    assert sorted(r["metrics"][script.CONSISTENCY_NAME] for r in results["runs"]) == [0.5, 0.75]
+    text = script.table(results)
+    assert "| 16×16 | default | 10 | 8 | 4 | cpu | 1 | 1 / 2 | 0.5 (1 seed) |" in text
+    assert "| 16×16 | default | 10 | 8 | 4 | cuda | 1 | 1 / 2 | 0.75 (1 seed) |" in text
 
 
 def test_overfitting_records_the_gap(tmp_path):
