@@ -86,7 +86,7 @@ from sagan_edu.metrics import (
     load_classifier,
 )
 from sagan_edu.models import discriminator_sizes, generator_sizes
-from sagan_edu.training import TrainConfig, Trainer, TrainingDiverged
+from sagan_edu.training import TrainConfig, Trainer, TrainingDiverged, pick_device
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DATASETS = ("twin-shapes", "mnist5k", "local-shapes")
@@ -368,7 +368,16 @@ def run_key(record: dict) -> tuple:
     c = record["config"]
     return (record["dataset"], record["placement"], record["seed"], record["steps"],
             c["g_channels"], c["batch_size"], c["img_size"], record["eval_samples"],
-            *variant(c))  # fmt: skip
+            *variant(c), device_kind(record))  # fmt: skip
+
+
+def device_kind(record: dict) -> str:
+    """'cpu' or 'cuda': where a run trained, from its 'device' field ('cuda: NVIDIA H200').
+
+    Part of a run's identity because the two are different experiments: on CUDA the sweep
+    trains in bf16 mixed precision, on the CPU in float32, so the same seed gives other numbers.
+    """
+    return record["device"].split(":")[0]
 
 
 def variant(config: dict) -> tuple:
@@ -379,7 +388,7 @@ def variant(config: dict) -> tuple:
 
 
 def run_id(record: dict) -> str:
-    """run_key as one string, e.g. 'twin-shapes|16|1|2000|32|64|32|500|both|attention|…'."""
+    """run_key as one string, e.g. 'twin-shapes|16|1|2000|32|64|32|500|both|attention|…|cuda'."""
     return "|".join(str(part) for part in run_key(record))
 
 
@@ -515,6 +524,7 @@ def sweep(args: argparse.Namespace) -> dict:
     path = args.out / ("tuning.json" if args.tuning else "ablation.json")
     done = {run_key(r) for r in load_json(path, EMPTY_ABLATION)["runs"]}
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="ablation-"))
+    device = pick_device(args.device).type  # run_key's device kind, before anything trains
     for dataset in args.datasets:
         real = held_out_images(dataset, args.eval_samples, args.img_size)
         ref_key = f"{dataset} @ {args.img_size}px, n={args.eval_samples}"
@@ -540,7 +550,7 @@ def sweep(args: argparse.Namespace) -> dict:
                                     "img_size": args.img_size, "attention_in": args.attention_in,
                                     "attention_block": args.block,
                                     "attention_scaled": args.scaled, "lr_d": args.lr_d,
-                                    "lr_g": args.lr_g}}  # fmt: skip
+                                    "lr_g": args.lr_g}, "device": device}  # fmt: skip
                 if args.skip_existing and run_key(probe) in done:
                     print(f"exists: {dataset} attention={placement} seed={seed} "
                           f"({run_id(probe)})", flush=True)  # fmt: skip
@@ -596,7 +606,7 @@ def group_runs(runs: list[dict]) -> dict[tuple, list[dict]]:
     ):
         c = r["config"]
         key = (r["dataset"], r["placement"], r["steps"], c["g_channels"], c["batch_size"],
-               c["img_size"], *variant(c))  # fmt: skip
+               c["img_size"], *variant(c), device_kind(r))  # fmt: skip
         groups.setdefault(key, []).append(r)
     return groups
 
@@ -627,10 +637,10 @@ def table(results: dict) -> str:
             continue
         names = [name for name, _ in HEADLINE[dataset]]
         lines += [f"## {dataset}", ""]
-        lines.append("| attention at | variant | steps | ch | batch | seeds | params G / D | "
-                     + " | ".join(names) + " | train s/run |")  # fmt: skip
-        lines.append("|" + " --- |" * (8 + len(names)))
-        for (_, placement, steps, ch, batch, _size, *var), runs in groups.items():
+        lines.append("| attention at | variant | steps | ch | batch | device | seeds | "
+                     "params G / D | " + " | ".join(names) + " | train s/run |")  # fmt: skip
+        lines.append("|" + " --- |" * (9 + len(names)))
+        for (_, placement, steps, ch, batch, _size, *var, device), runs in groups.items():
             scored = [r for r in runs if r["metrics"]]  # diverged runs have no scores
             cells = [mean_std([r["metrics"][n] for r in scored if n in r["metrics"]])
                      for n in names]  # fmt: skip
@@ -639,7 +649,7 @@ def table(results: dict) -> str:
             time_s = statistics.mean(r["train_time_s"] for r in runs)
             label = "none" if placement == "none" else f"{placement}×{placement}"
             lines.append(f"| {label} | {variant_label(*var)} | {steps} | {ch} | {batch} | "
-                         f"{seeds} | {params} | "
+                         f"{device} | {seeds} | {params} | "
                          + " | ".join(cells) + f" | {time_s:.0f} |")  # fmt: skip
         refs = {k: v for k, v in results["references"].items() if k.startswith(dataset + " @")}
         for where, values in refs.items():
@@ -672,7 +682,7 @@ def with_default_rates(tuning_runs: list[dict], ablation: dict) -> list[dict]:
     def setting(r: dict) -> tuple:
         c = r["config"]
         return (r["dataset"], r["placement"], r["steps"], c["g_channels"], c["batch_size"],
-                c["img_size"], r["eval_samples"], *variant(c)[:3])  # fmt: skip
+                c["img_size"], r["eval_samples"], *variant(c)[:3], device_kind(r))  # fmt: skip
 
     # Settings whose grid already holds its own default-rate runs take nothing from ablation.json.
     own_defaults = {setting(r) for r in tuning_runs if variant(r["config"])[3:] == (4e-4, 1e-4)}
@@ -692,11 +702,11 @@ def tuning_table(results: dict) -> str:
         "Generated by `benchmarks/ablation.py --tuning` from `tuning.json` (do not edit by hand).",
         f"Status rule: {results.get('collapse_rule', COLLAPSE_RULE)}.",
         "",
-        "| dataset | attention at | variant | steps | ch | batch | lr_d | lr_g | seeds | "
+        "| dataset | attention at | variant | steps | ch | batch | lr_d | lr_g | device | seeds | "
         "diverged / collapsed / trained | " + " | ".join(n.split(" (")[0] for n in names) + " |",
-        "|" + " --- |" * (10 + len(names)),
+        "|" + " --- |" * (11 + len(names)),
     ]
-    for (dataset, placement, steps, ch, batch, _size, *var), runs in group_runs(
+    for (dataset, placement, steps, ch, batch, _size, *var, device), runs in group_runs(
         results["runs"]
     ).items():
         counts = [sum(r.get("status") == s for r in runs)
@@ -706,7 +716,7 @@ def tuning_table(results: dict) -> str:
         seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
         lr_d, lr_g = var[3], var[4]
         lines.append(f"| {dataset} | {placement} | {variant_label(*var[:3], 4e-4, 1e-4)} | "
-                     f"{steps} | {ch} | {batch} | {lr_d:g} | {lr_g:g} | {seeds} | "
+                     f"{steps} | {ch} | {batch} | {lr_d:g} | {lr_g:g} | {device} | {seeds} | "
                      f"{' / '.join(map(str, counts))} | " + " | ".join(cells) + " |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -25,6 +25,17 @@ The jobs, highest priority first, seeds 1, 2, 3 (seed 0 trained the shipped weig
     e  tuning grid (tuning.json), width 16, batch 32, 1,000 steps, twin-shapes, none and 16×16:
        lr_d 1e-4, 4e-4, 8e-4, 1.6e-3 with lr_g = lr_d / 4, and lr_g = lr_d = 2e-4 (no TTUR)
     f  twin-shapes, width 16, batch 32, 4,000 steps: none, 16×16
+
+Prepared for the next session that has a GPU (run on the CPU so far, or not at all; the default
+--cells leaves them out, name them to run them, e.g. --cells hijk):
+
+    h  twin-shapes, width 16, batch 64, 2,000 steps: none, 16×16 (ran on the CPU, 2026-11-28)
+    i  twin-shapes, width 32, batch 32, 2,000 steps: none, 16×16 (ran on the CPU, 2026-11-28)
+    j  the long setting, seeds 4 and 5: none, 16×16, 16×16 in D only (none and D only ran on
+       the CPU, 2026-11-28)
+    k  twin-shapes, width 64, batch 64, 6,000 steps: none, 16×16 — the attempt to train a
+       baseline that draws recognisable shapes (never run; about 5 minutes per job on an H200
+       if a step stays near the 40 ms a host-bound eager step took there: an estimate)
 """
 
 from __future__ import annotations
@@ -45,6 +56,9 @@ LONG = ("--channels", "32", "--batch", "64", "--steps", "2000")
 SMALL = ("--channels", "16", "--batch", "32", "--steps", "2000")
 SMALL_4000 = ("--channels", "16", "--batch", "32", "--steps", "4000")
 SMALL_1000 = ("--channels", "16", "--batch", "32", "--steps", "1000")
+SMALL_B64 = ("--channels", "16", "--batch", "64", "--steps", "2000")
+WIDE_B32 = ("--channels", "32", "--batch", "32", "--steps", "2000")
+QUALITY = ("--channels", "64", "--batch", "64", "--steps", "6000")
 
 
 class Job(NamedTuple):
@@ -54,13 +68,14 @@ class Job(NamedTuple):
 
 
 def _runs(cell: str, label: str, dataset: str, placements: tuple[str, ...],
-          setting: tuple[str, ...], *variant: str) -> list[Job]:  # fmt: skip
+          setting: tuple[str, ...], *variant: str,
+          seeds: tuple[int, ...] = SEEDS) -> list[Job]:  # fmt: skip
     """One job per placement × seed."""
     return [
         Job(cell, f"{cell}-{label}-{dataset}-att{p}-s{seed}",
             ("--datasets", dataset, "--attention", p, "--seeds", str(seed), *setting, *variant))
         for p in placements
-        for seed in SEEDS
+        for seed in seeds
     ]  # fmt: skip
 
 
@@ -84,6 +99,12 @@ def job_list() -> list[Job]:
         jobs += _runs("e", f"tune-lrd{lr_d}-lrg{lr_g}", "twin-shapes", ("none", "16"), SMALL_1000,
                       "--lr-d", lr_d, "--lr-g", lr_g, "--tuning")  # fmt: skip
     jobs += _runs("f", "w16-4000", "twin-shapes", ("none", "16"), SMALL_4000)
+    jobs += _runs("h", "w16-b64", "twin-shapes", ("none", "16"), SMALL_B64)
+    jobs += _runs("i", "w32-b32", "twin-shapes", ("none", "16"), WIDE_B32)
+    jobs += _runs("j", "long", "twin-shapes", ("none", "16"), LONG, seeds=(4, 5))
+    jobs += _runs("j", "long-donly", "twin-shapes", ("16",), LONG, "--attention-in", "d",
+                  seeds=(4, 5))  # fmt: skip
+    jobs += _runs("k", "quality", "twin-shapes", ("none", "16"), QUALITY)
     return jobs
 
 

@@ -178,7 +178,27 @@ def test_table_aggregates_seeds():
         for s, fd in ((0, 1.0), (1, 3.0))
     ]
     text = script.table({"runs": runs, "references": {}})
-    assert "| 16×16 | default | 10 | 8 | 4 | 0,1 | 1 / 2 | 2 ± 1.4 |" in text
+    assert "| 16×16 | default | 10 | 8 | 4 | cpu | 0,1 | 1 / 2 | 2 ± 1.4 |" in text
+
+
+def test_cpu_and_gpu_runs_of_one_setting_stay_apart():
+    # The sweep trains in bf16 on CUDA and float32 on the CPU: the same seed and settings on the
+    # two are different runs. Neither may replace the other, nor share a row of the table.
+    script = load_script("ablation")
+    run = {"dataset": "twin-shapes", "placement": "16", "steps": 10, "seed": 1,
+           "eval_samples": 16, "train_time_s": 1.0, "params": {"G": 1, "D": 2},
+           "config": {"g_channels": 8, "batch_size": 4, "img_size": 32},
+           "torch": "x", "date": "2026-01-01"}  # fmt: skip
+    on_cpu = run | {"device": "cpu: x86_64", "metrics": {script.CONSISTENCY_NAME: 0.25}}
+    on_gpu = run | {"device": "cuda: NVIDIA H200", "metrics": {script.CONSISTENCY_NAME: 0.75}}
+    assert script.run_id(on_cpu).endswith("|cpu") and script.run_id(on_gpu).endswith("|cuda")
+    results = {"runs": [], "references": {}}
+    for record in (on_cpu, on_gpu, on_cpu | {"metrics": {script.CONSISTENCY_NAME: 0.5}}):
+        script.replace_run(results, record, script.run_key)
+    assert sorted(r["metrics"][script.CONSISTENCY_NAME] for r in results["runs"]) == [0.5, 0.75]
+    text = script.table(results)
+    assert "| 16×16 | default | 10 | 8 | 4 | cpu | 1 | 1 / 2 | 0.5 (1 seed) |" in text
+    assert "| 16×16 | default | 10 | 8 | 4 | cuda | 1 | 1 / 2 | 0.75 (1 seed) |" in text
 
 
 def test_overfitting_records_the_gap(tmp_path):
@@ -284,14 +304,18 @@ def test_variants_record_the_causal_test_per_sample_scores_and_samples(tmp_path)
 def test_gpu_sweep_job_list_is_distinct_and_avoids_seed_zero(capsys):
     script = load_script("gpu_sweep")
     jobs = script.job_list()
-    assert len(jobs) == 72 and len({tuple(j.args) for j in jobs}) == 72
-    assert all(j.args[j.args.index("--seeds") + 1] in ("1", "2", "3") for j in jobs)
-    priority = "abcdgef"  # notebook 05's √d cells (g) before the tuning grid (e)
+    assert len(jobs) == 96 and len({tuple(j.args) for j in jobs}) == 96
+    assert all(j.args[j.args.index("--seeds") + 1] != "0" for j in jobs)
+    extra_seeds = [j for j in jobs if j.args[j.args.index("--seeds") + 1] in ("4", "5")]
+    assert {j.cell for j in extra_seeds} == {"j"} and len(extra_seeds) == 6
+    priority = "abcdgefhijk"  # notebook 05's √d cells (g) before the tuning grid (e)
     assert [j.cell for j in jobs] == sorted((j.cell for j in jobs), key=priority.index)
     tuning = [j for j in jobs if j.cell == "e"]
     assert len(tuning) == 30 and all("--tuning" in j.args for j in tuning)
     assert script.main(["--dry-run"]) == 0
-    assert "72 jobs" in capsys.readouterr().out
+    assert "72 jobs" in capsys.readouterr().out  # the default cells: a to g
+    assert script.main(["--dry-run", "--cells", "hijk"]) == 0
+    assert "24 jobs" in capsys.readouterr().out
 
 
 def test_gpu_sweep_runs_two_tiny_jobs_into_one_folder(tmp_path):

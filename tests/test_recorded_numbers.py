@@ -1,0 +1,113 @@
+"""Every "mean ± std" that notebook 10 and the README's row for it quote comes from a recorded run.
+
+The prose of notebook 10 states its numbers in Markdown, where nothing recomputes them. This test
+does: it groups the recorded runs (`benchmarks/results/*.json`) into cells (everything equal but
+the seed), computes mean ± standard deviation over seeds for every score the runs carry, and
+checks that each "a ± b" in the text is one of them. A number typed from memory, or left behind
+when new runs changed a cell, fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+NOTEBOOK = ROOT / "notebooks" / "10_does_attention_help.ipynb"
+
+# "0.537 ± 0.02", "-0.01 ± 0.019", "82.9 ± 13"; a full stop after the spread is prose.
+PLUS_MINUS = re.compile(r"(-?\d[\d,]*(?:\.\d+)?) ± (\d+(?:\.\d+)?)")
+
+
+def mean_std(values: list[float]) -> str | None:
+    """As the notebook and benchmarks/ablation.py write it: 3 significant digits ± 2."""
+    if len(values) < 2:
+        return None
+    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+
+
+def cell_key(run: dict) -> tuple:
+    c = run["config"]
+    return (run["dataset"], run["placement"], run["steps"], c["g_channels"], c["batch_size"],
+            c["img_size"], c.get("attention_in", "both"), c.get("attention_block", "attention"),
+            c.get("attention_scaled", False), c.get("lr_d"), c.get("lr_g"),
+            run["device"].split(":")[0])  # fmt: skip
+
+
+def cells(runs: list[dict]) -> Iterable[list[dict]]:
+    """Each cell's runs, and each cell's runs of one status (say, only the collapsed ones)."""
+    grouped: dict[tuple, list[dict]] = {}
+    for run in runs:
+        grouped.setdefault(cell_key(run), []).append(run)
+        grouped.setdefault((*cell_key(run), run.get("status")), []).append(run)
+    return grouped.values()
+
+
+def recorded_values() -> set[str]:
+    """Every mean ± std over seeds that the recorded runs support."""
+    runs = []
+    for name in ("ablation.json", "tuning.json", "ablation-cpu-long-2026-11-22.json"):
+        runs += json.loads((RESULTS / name).read_text(encoding="utf-8"))["runs"]
+    found = set()
+    for group in cells(runs):
+        scored = [r for r in group if r.get("metrics")]
+        for metric in {m for r in scored for m in r["metrics"]}:
+            found.add(mean_std([r["metrics"][m] for r in scored for m in [metric]
+                                if m in r["metrics"]]))  # fmt: skip
+            # The causal test: the change when G's attention is switched off.
+            switched = [r for r in scored if "attention_off" in r]
+            for off in {k for r in switched for k in r["attention_off"]}:
+                found.add(mean_std([r["attention_off"][off][metric] - r["metrics"][metric]
+                                    for r in switched if off in r["attention_off"]]))  # fmt: skip
+    # D's overfitting gap at each measured step, per placement and run length.
+    overfit = json.loads((RESULTS / "overfitting.json").read_text(encoding="utf-8"))["runs"]
+    by_setting: dict[tuple, list[dict]] = {}
+    for run in overfit:
+        by_setting.setdefault((run["placement"], run["steps"]), []).append(run)
+    for group in by_setting.values():
+        for i in range(len(group[0]["curve"]["step"])):
+            found.add(mean_std([r["curve"]["gap"][i] for r in group]))
+    found.discard(None)
+    return found
+
+
+def quoted_pairs(text: str) -> list[str]:
+    return [f"{mean} ± {spread}" for mean, spread in PLUS_MINUS.findall(text)]
+
+
+def notebook_prose() -> str:
+    notebook = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    prose = [c["source"] for c in notebook["cells"] if c["cell_type"] == "markdown"]
+    return "\n".join("".join(lines) for lines in prose)
+
+
+def readme_row() -> str:
+    rows = [line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| `10_does_attention_help`")]  # fmt: skip
+    assert len(rows) == 1, "the README's course table has one row for notebook 10"
+    return rows[0]
+
+
+def test_the_check_finds_numbers_and_rejects_a_wrong_one():
+    recorded = recorded_values()
+    assert "0.537 ± 0.02" in recorded  # the long setting, 16×16 attention, seeds 1-3
+    assert quoted_pairs("x 0.537 ± 0.02. y -0.01 ± 0.019") == ["0.537 ± 0.02", "-0.01 ± 0.019"]
+    assert "0.538 ± 0.02" not in recorded
+
+
+def test_notebook_10_quotes_only_recorded_numbers():
+    quoted = quoted_pairs(notebook_prose())
+    assert len(quoted) > 40
+    recorded = recorded_values()
+    assert [q for q in quoted if q not in recorded] == []
+
+
+def test_readme_row_for_notebook_10_quotes_only_recorded_numbers():
+    quoted = quoted_pairs(readme_row())
+    assert len(quoted) > 5
+    recorded = recorded_values()
+    assert [q for q in quoted if q not in recorded] == []
