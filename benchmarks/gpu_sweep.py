@@ -31,8 +31,8 @@ Prepared for the next session that has a GPU (run on the CPU so far, or not at a
 
     h  twin-shapes, width 16, batch 64, 2,000 steps: none, 16×16 (ran on the CPU, 2026-11-28)
     i  twin-shapes, width 32, batch 32, 2,000 steps: none, 16×16 (ran on the CPU, 2026-11-28)
-    j  the long setting, seeds 4 and 5: none, 16×16, 16×16 in D only (none and D only ran on
-       the CPU, 2026-11-28)
+    j  the long setting, seeds 4 and 5: none, 16×16, 16×16 in D only (ran on the CPU,
+       2026-11-28)
     k  twin-shapes, width 64, batch 64, 6,000 steps: none, 16×16 — the attempt to train a
        baseline that draws recognisable shapes (never run; about 5 minutes per job on an H200
        if a step stays near the 40 ms a host-bound eager step took there: an estimate)
