@@ -103,10 +103,12 @@ class SequenceTask:
         return head, tail
 
 
-def _check_count(name: str, value: object, minimum: int) -> None:
-    """A whole number ≥ minimum (steps=2.5 or n=-1 would fail deep inside torch)."""
+def _check_count(name: str, value: object, minimum: int, why: str = "") -> None:
+    """A whole number ≥ minimum (steps=2.5 or n=-1 would fail deep inside torch); `why` says
+    what the minimum makes room for."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"{name} must be a whole number ≥ {minimum}{reason}, got {value!r}")
 
 
 FILLER = ["the", "a", "we", "they", "sat", "went", "to", "by", "near", "old", "new", "that"]
@@ -134,11 +136,7 @@ def context_task(n: int, length: int = 12, seed: int = 0) -> SequenceTask:
     Returns a SequenceTask with tokens (n, length) and targets (n, length), one label per row.
     """
     _check_count("n", n, 1)
-    _check_count("length", length, 1)
-    if length < 2:
-        raise ValueError(
-            f"length must be at least 2 (room for 'bank' and a topic word), got {length}"
-        )
+    _check_count("length", length, 2, why="room for 'bank' and a topic word")
     topics = list(TOPIC_WORDS)
     vocab, index = _context_vocab()
     g = torch.Generator().manual_seed(seed)
@@ -169,12 +167,8 @@ def nearest_topic_task(n: int, length: int = 12, seed: int = 0) -> SequenceTask:
     Returns a SequenceTask with tokens (n, length) and targets (n, length), one label per row.
     """
     _check_count("n", n, 1)
-    _check_count("length", length, 1)
-    if length < 4:
-        raise ValueError(
-            f"length must be at least 4 (room for 'bank' and two topic words at different "
-            f"distances from it), got {length}"
-        )
+    room = "room for 'bank' and two topic words at different distances from it"
+    _check_count("length", length, 4, why=room)
     topics = list(TOPIC_WORDS)
     vocab, index = _context_vocab()
     g = torch.Generator().manual_seed(seed)
@@ -221,9 +215,7 @@ def long_range_task(
     Returns a SequenceTask with tokens (n, length) and targets (n, length), one label per row.
     """
     _check_count("n", n, 1)
-    _check_count("length", length, 1)
-    if length < 2:
-        raise ValueError(f"length must be at least 2 (the class token and '?'), got {length}")
+    _check_count("length", length, 2, why="the class token and '?'")
     if not 2 <= num_classes <= 26:
         raise ValueError(f"num_classes must be between 2 and 26, got {num_classes}")
     classes = [chr(ord("A") + i) for i in range(num_classes)]

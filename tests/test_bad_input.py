@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_checkpoints import tiny_config  # the same few-step run the checkpoint tests train
 
 import sagan_edu
 from sagan_edu import cli, pretrained, training
@@ -25,15 +26,6 @@ from sagan_edu.training import TrainConfig, Trainer, load_checkpoint, sample_ima
 TINY = ["--z-dim", "16", "--g-channels", "8", "--d-channels", "8", "--batch-size", "8",
         "--log-every", "1", "--no-progress"]  # fmt: skip
 NO_GPU = not torch.cuda.is_available()
-
-
-def tiny_config(tmp_path, **overrides) -> TrainConfig:
-    settings = dict(
-        z_dim=16, g_channels=8, d_channels=8, batch_size=8, steps=2, log_every=1,
-        checkpoint_every=2, out_dir=str(tmp_path / "run"), progress=False, seed=1,
-    )  # fmt: skip
-    settings.update(overrides)
-    return TrainConfig(**settings)
 
 
 def cli_error(capsys, argv: list[str]) -> str:

@@ -107,7 +107,9 @@ def test_task_arguments_are_checked():
         context_task(10, length=1)
     with pytest.raises(ValueError, match="num_classes"):
         long_range_task(10, length=5, num_classes=1)
-    with pytest.raises(ValueError, match="length must be at least 4"):
+    with pytest.raises(
+        ValueError, match=r"length must be a whole number ≥ 4 \(room for 'bank' and two topic"
+    ):
         nearest_topic_task(10, length=3)
 
 
