@@ -32,6 +32,7 @@ import errno
 import io
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -179,8 +180,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "check the path"
         )
     _check_file_kind(path)
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise _unreadable(path, None)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about a bad file; we raise our own
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types; none of them is the user's fault
         raise _unreadable(path, error) from None
     _check_contents(path, state)
@@ -216,7 +221,7 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return len(head) > 8 and head[8:9] == b"{"
 
 
-def _unreadable(path: Path, error: Exception) -> CheckpointError:
+def _unreadable(path: Path, error: Exception | None) -> CheckpointError:
     """The error for a file torch.load refused, in words (never torch's weights_only advice)."""
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:

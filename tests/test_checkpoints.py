@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
 import stat
 import subprocess
@@ -240,7 +241,11 @@ def wrong_files(tmp_path, trained) -> dict:
         return path
 
     files["truncated"] = (write("cut.pt", data[: len(data) // 2]), "truncated or damaged")
-    files["random"] = (write("random.pt", os.urandom(5000)), "not a PyTorch checkpoint")
+    noise = random.Random(0).randbytes(5000)
+    files["random"] = (write("random.pt", noise), "not a PyTorch checkpoint")
+    # A pickle header with a protocol torch has never written: torch.load warns before failing,
+    # and that warning must not reach the user as a second line.
+    files["pickle header"] = (write("pickled.pt", b"\x80\x59" + noise), "not a PyTorch checkpoint")
     files["empty"] = (write("empty.pt", b""), "is empty")
     torch.save({"weight": torch.ones(2)}, tmp_path / "state_dict.pt")
     files["someone else's"] = (tmp_path / "state_dict.pt", "not a sagan_edu training checkpoint")
@@ -265,8 +270,8 @@ def wrong_files(tmp_path, trained) -> dict:
     return files
 
 
-CASES = ["truncated", "random", "empty", "someone else's", "malicious pickle", "folder",
-         "lfs pointer", "safetensors", "newer version"]  # fmt: skip
+CASES = ["truncated", "random", "pickle header", "empty", "someone else's", "malicious pickle",
+         "folder", "lfs pointer", "safetensors", "newer version"]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -340,8 +345,6 @@ def test_kill_9_loop_never_corrupts_and_resumes_bit_identically(tmp_path):
     checkpoint (so in the middle of training, often of the next write), then let finish: every
     checkpoint left behind loads, the end state equals an uninterrupted run's bit for bit, and no
     temporary file is left."""
-    import random
-
     args = ["--steps", "40", "--checkpoint-every", "1", "--log-every", "1", "--z-dim", "16",
             "--g-channels", "8", "--d-channels", "8", "--batch-size", "8", "--no-progress",
             "--device", "cpu"]  # fmt: skip
