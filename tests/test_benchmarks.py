@@ -167,6 +167,28 @@ def test_skip_existing_resumes_without_retraining(tmp_path, capsys):
     assert again["runs"] == first["runs"]
 
 
+def test_d_width_apart_from_g_width_is_its_own_run(tmp_path, capsys):
+    """--d-channels makes D wider than G: the networks get those widths, the record and table
+    say G/D, and the run does not count as (or replace) the same-width run of that seed."""
+    script = load_script("ablation")
+    argv = ["--datasets", "twin-shapes", "--attention", "none", *tiny(tmp_path)]
+    script.main(argv)
+    script.main([*argv, "--d-channels", "16", "--skip-existing"])
+    assert "exists" not in capsys.readouterr().out  # a new run, not the width-8 one again
+    runs = json.loads((tmp_path / "results" / "ablation.json").read_text())["runs"]
+    assert [(r["config"]["g_channels"], r["config"]["d_channels"]) for r in runs] == [
+        (8, 8),
+        (8, 16),
+    ]
+    assert runs[0]["run_id"].split("|")[4] == "8" and runs[1]["run_id"].split("|")[4] == "8/16"
+    assert runs[1]["params"]["G"] == runs[0]["params"]["G"]
+    assert runs[1]["params"]["D"] > 3 * runs[0]["params"]["D"]  # convs' weights grow as width²
+    table = (tmp_path / "results" / "ablation.md").read_text()
+    assert "| 2 | 8 | 4 |" in table and "| 2 | 8/16 | 4 |" in table
+    script.main([*argv, "--d-channels", "16", "--skip-existing"])
+    assert "exists: twin-shapes attention=none seed=0" in capsys.readouterr().out
+
+
 def test_table_aggregates_seeds():
     script = load_script("ablation")
     run = {"dataset": "mnist5k", "placement": "16", "steps": 10, "train_time_s": 1.0,
