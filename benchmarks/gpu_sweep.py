@@ -27,7 +27,7 @@ The jobs, highest priority first, seeds 1, 2, 3 (seed 0 trained the shipped weig
     f  twin-shapes, width 16, batch 32, 4,000 steps: none, 16×16
 
 Prepared for the next session that has a GPU (run on the CPU so far, or not at all; the default
---cells leaves them out, name them to run them, e.g. --cells hijk):
+--cells leaves them out, name them to run them, e.g. --cells hijkl):
 
     h  twin-shapes, width 16, batch 64, 2,000 steps: none, 16×16 (ran on the CPU, 2026-11-28)
     i  twin-shapes, width 32, batch 32, 2,000 steps: none, 16×16 (ran on the CPU, 2026-11-28)
@@ -36,6 +36,9 @@ Prepared for the next session that has a GPU (run on the CPU so far, or not at a
     k  twin-shapes, width 64, batch 64, 6,000 steps: none, 16×16 — the attempt to train a
        baseline that draws recognisable shapes (never run; about 5 minutes per job on an H200
        if a step stays near the 40 ms a host-bound eager step took there: an estimate)
+    l  twin-shapes, batch 32, 2,000 steps, G and D of different widths: G 16 / D 32 and
+       G 32 / D 16, none and 16×16 — which network's width the gain follows (ran on the CPU,
+       2026-11-29)
 """
 
 from __future__ import annotations
@@ -105,6 +108,10 @@ def job_list() -> list[Job]:
     jobs += _runs("j", "long-donly", "twin-shapes", ("16",), LONG, "--attention-in", "d",
                   seeds=(4, 5))  # fmt: skip
     jobs += _runs("k", "quality", "twin-shapes", ("none", "16"), QUALITY)
+    for g_width, d_width in (("16", "32"), ("32", "16")):
+        setting = ("--channels", g_width, "--d-channels", d_width, "--batch", "32",
+                   "--steps", "2000")  # fmt: skip
+        jobs += _runs("l", f"g{g_width}-d{d_width}", "twin-shapes", ("none", "16"), setting)
     return jobs
 
 

@@ -326,11 +326,11 @@ def test_variants_record_the_causal_test_per_sample_scores_and_samples(tmp_path)
 def test_gpu_sweep_job_list_is_distinct_and_avoids_seed_zero(capsys):
     script = load_script("gpu_sweep")
     jobs = script.job_list()
-    assert len(jobs) == 96 and len({tuple(j.args) for j in jobs}) == 96
+    assert len(jobs) == 108 and len({tuple(j.args) for j in jobs}) == 108
     assert all(j.args[j.args.index("--seeds") + 1] != "0" for j in jobs)
     extra_seeds = [j for j in jobs if j.args[j.args.index("--seeds") + 1] in ("4", "5")]
     assert {j.cell for j in extra_seeds} == {"j"} and len(extra_seeds) == 6
-    priority = "abcdgefhijk"  # notebook 05's √d cells (g) before the tuning grid (e)
+    priority = "abcdgefhijkl"  # notebook 05's √d cells (g) before the tuning grid (e)
     assert [j.cell for j in jobs] == sorted((j.cell for j in jobs), key=priority.index)
     tuning = [j for j in jobs if j.cell == "e"]
     assert len(tuning) == 30 and all("--tuning" in j.args for j in tuning)
@@ -338,6 +338,8 @@ def test_gpu_sweep_job_list_is_distinct_and_avoids_seed_zero(capsys):
     assert "72 jobs" in capsys.readouterr().out  # the default cells: a to g
     assert script.main(["--dry-run", "--cells", "hijk"]) == 0
     assert "24 jobs" in capsys.readouterr().out
+    widths = [j.args[j.args.index("--channels") :][:4] for j in jobs if j.cell == "l"]
+    assert len(widths) == 12 and {w[1] != w[3] for w in widths} == {True}  # G and D differ
 
 
 def test_gpu_sweep_runs_two_tiny_jobs_into_one_folder(tmp_path):
