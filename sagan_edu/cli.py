@@ -34,7 +34,12 @@ import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import save_image
 
-from sagan_edu.checkpoints import CHECKPOINT_NAME, RunFolderBusy, check_output_folder
+from sagan_edu.checkpoints import (
+    CHECKPOINT_NAME,
+    RunFolderBusy,
+    check_output_folder,
+    load_checkpoint,
+)
 from sagan_edu.metrics import CLASSIFIER_PATH, train_classifier
 from sagan_edu.pretrained import export_pretrained
 from sagan_edu.training import (
@@ -117,12 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sagan-edu", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a (self-attention) GAN")
+    # Only the settings typed on the command line land in `args` (SUPPRESS): the rest come from
+    # TrainConfig's defaults, or on --resume from the checkpoint (see _settings_to_resume).
+    train = commands.add_parser(
+        "train", help="train a (self-attention) GAN", argument_default=argparse.SUPPRESS
+    )
     defaults = TrainConfig()
-    train.add_argument("--out", dest="out_dir", default=defaults.out_dir, help="run folder")
+    train.add_argument("--out", dest="out_dir", help=f"run folder (default: {defaults.out_dir})")
     train.add_argument(
         "--resume", action="store_true",
-        help="continue from OUT/checkpoint.pt (with a warning, from step 0 if there is none)",
+        help="continue from OUT/checkpoint.pt with the run's own settings, changing only those "
+        "typed here (with a warning, from step 0 if there is no checkpoint)",
     )  # fmt: skip
     train.add_argument(
         "--overwrite", action="store_true",
@@ -133,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="download a missing torchvision dataset (mnist, fashion-mnist, cifar10; online)",
     )  # fmt: skip
     train.add_argument(
-        "--attention-at", type=int, nargs="*", default=defaults.attention_at, metavar="SIZE",
+        "--attention-at", type=int, nargs="*", metavar="SIZE",
         help="feature-map sizes that get self-attention (none: no attention). Default: 16",
     )  # fmt: skip
     train.add_argument("--no-amp", dest="amp", action="store_false", help="train in float32")
@@ -149,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
             train.add_argument(flag, action="store_true", help=f"default: {default}")
         else:
             kind = type(default) if default is not None else str
-            train.add_argument(flag, type=kind, default=default, help=f"default: {default}")
+            train.add_argument(flag, type=kind, help=f"default: {default}")
     train.set_defaults(run=run_train)
 
     sample = commands.add_parser("sample", help="sample an image grid from a checkpoint")
@@ -188,10 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    fields_given = {
-        f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)
-    }
-    config = TrainConfig(**fields_given)
+    config = train_config(args)
     _check_no_foreign_figures(Path(config.out_dir), config.overwrite)
     trainer = Trainer(config)
     say = print if trainer.is_main else (lambda *a, **k: None)  # under torchrun: rank 0 speaks
@@ -213,6 +220,35 @@ def run_train(args: argparse.Namespace) -> int:
         write_figures(trainer, Path(config.out_dir))
         say(f"wrote {trainer.checkpoint_path} and figures to {config.out_dir}/")
     return 0
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of a parsed `train` command line: the settings typed, the rest from the
+    defaults, or (with --resume and a checkpoint) from the run being continued."""
+    typed = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    config = TrainConfig(**typed)  # checks what was typed before anything is read
+    return TrainConfig(**(_settings_to_resume(config) | typed))
+
+
+# Settings of the machine and of this command, not of the run: on --resume they come from the
+# command line (or the defaults), never from a checkpoint that may have been written elsewhere.
+MACHINE_SETTINGS = ("out_dir", "resume", "overwrite", "download", "device", "compile",
+                    "channels_last", "fast_step", "progress")  # fmt: skip
+
+
+def _settings_to_resume(config: TrainConfig) -> dict:
+    """On --resume, the run's own settings, read from its checkpoint.
+
+    Settings left off the command line then keep the run's values instead of falling back to
+    the defaults: `train --out runs/x --resume` continues a 10,000-step run at its learning
+    rates to step 10,000, and only settings typed here can differ (and be warned about).
+    """
+    path = Path(config.out_dir) / CHECKPOINT_NAME
+    if not (config.resume and path.is_file()):
+        return {}
+    saved = load_checkpoint(path).get("config", {})
+    run_settings = {f.name for f in fields(TrainConfig)} - set(MACHINE_SETTINGS)
+    return {name: value for name, value in saved.items() if name in run_settings}
 
 
 def run_sample(args: argparse.Namespace) -> int:

@@ -468,7 +468,7 @@ def test_download_setting_reaches_the_dataset_loader(tmp_path, monkeypatch):
     Trainer(tiny_config(tmp_path, dataset="mnist", download=True))
     assert seen["download"] is True
     args = cli.build_parser().parse_args(["train", "--download"])
-    assert args.download is True
+    assert cli.train_config(args).download is True
 
 
 # ---------------------------------------------------------------------------------------------

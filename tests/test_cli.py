@@ -29,6 +29,35 @@ def test_train_writes_checkpoint_history_and_figures_then_resumes(tmp_path, caps
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
+def test_resume_keeps_the_runs_settings_and_changes_only_those_typed(tmp_path, capsys):
+    """`--resume` with few flags continues the run as it was set up: settings left off the
+    command line come from the checkpoint, not from the defaults (which would silently change
+    the learning rate, or stop a 6-step run at the default length)."""
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--out", str(out), "--lr-d", "8e-4", "--dataset",
+                 "twin-shapes", "--attention-at", *TINY]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err  # nothing typed differs from the run
+    assert "dataset twin-shapes" in captured.out and "from step 2 to 3" in captured.out
+    config = torch.load(out / "checkpoint.pt", weights_only=True)["config"]
+    assert (config["lr_d"], config["g_channels"], config["attention_at"]) == (8e-4, 8, ())
+
+    # A run set up for 6 steps and stopped at step 3 (say, killed) continues to step 6.
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["config"]["steps"] = 6
+    torch.save(state, out / "checkpoint.pt")
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert "from step 3 to 6" in capsys.readouterr().out
+
+    # A typed setting that cannot change is named alone in the warning, and ignored.
+    assert main(["train", "--out", str(out), "--resume", "--steps", "7", "--z-dim", "32"]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "ignored: z_dim=32." in warning[0]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["z_dim"] == 16
+
+
 def test_train_without_attention_writes_no_attention_figure(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--steps", "1", "--out", str(out), "--attention-at", *TINY]) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -57,7 +59,7 @@ def test_every_recipe_is_shipped_and_matches_its_file():
     assert available() == sorted(RECIPES)  # the metrics' classifier is not listed
     parser = cli.build_parser()
     for name, recipe in RECIPES.items():
-        wanted = vars(parser.parse_args(["train", *recipe["train_args"]]))
+        wanted = asdict(cli.train_config(parser.parse_args(["train", *recipe["train_args"]])))
         info = training_info(name)
         for key in ("dataset", "img_size", "steps", "g_channels", "d_channels", "batch_size",
                     "lr_g", "lr_d", "n_dis", "loss", "ema_decay", "seed", "arch"):  # fmt: skip
