@@ -27,7 +27,7 @@ The jobs, highest priority first, seeds 1, 2, 3 (seed 0 trained the shipped weig
     f  twin-shapes, width 16, batch 32, 4,000 steps: none, 16×16
 
 Prepared for the next session that has a GPU (run on the CPU so far, or not at all; the default
---cells leaves them out, name them to run them, e.g. --cells hijkl):
+--cells leaves them out, name them to run them, e.g. --cells hijklm):
 
     h  twin-shapes, width 16, batch 64, 2,000 steps: none, 16×16 (ran on the CPU, 2026-11-28)
     i  twin-shapes, width 32, batch 32, 2,000 steps: none, 16×16 (ran on the CPU, 2026-11-28)
@@ -39,6 +39,8 @@ Prepared for the next session that has a GPU (run on the CPU so far, or not at a
     l  twin-shapes, batch 32, 2,000 steps, G and D of different widths: G 16 / D 32 and
        G 32 / D 16, none and 16×16 — which network's width the gain follows (ran on the CPU,
        2026-11-29)
+    m  twin-shapes, width 16, batch 32, 10,000 steps: none, 16×16 — trained until the baseline
+       draws recognisable rings and bars (ran on the CPU, 2026-11-29)
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ SMALL_1000 = ("--channels", "16", "--batch", "32", "--steps", "1000")
 SMALL_B64 = ("--channels", "16", "--batch", "64", "--steps", "2000")
 WIDE_B32 = ("--channels", "32", "--batch", "32", "--steps", "2000")
 QUALITY = ("--channels", "64", "--batch", "64", "--steps", "6000")
+SMALL_10000 = ("--channels", "16", "--batch", "32", "--steps", "10000")
 
 
 class Job(NamedTuple):
@@ -112,6 +115,7 @@ def job_list() -> list[Job]:
         setting = ("--channels", g_width, "--d-channels", d_width, "--batch", "32",
                    "--steps", "2000")  # fmt: skip
         jobs += _runs("l", f"g{g_width}-d{d_width}", "twin-shapes", ("none", "16"), setting)
+    jobs += _runs("m", "w16-10000", "twin-shapes", ("none", "16"), SMALL_10000)
     return jobs
 
 

@@ -32,8 +32,9 @@ def mean_std(values: list[float]) -> str | None:
 
 def cell_key(run: dict) -> tuple:
     c = run["config"]
-    return (run["dataset"], run["placement"], run["steps"], c["g_channels"], c["batch_size"],
-            c["img_size"], c.get("attention_in", "both"), c.get("attention_block", "attention"),
+    return (run["dataset"], run["placement"], run["steps"], c["g_channels"],
+            c.get("d_channels", c["g_channels"]), c["batch_size"], c["img_size"],
+            c.get("attention_in", "both"), c.get("attention_block", "attention"),
             c.get("attention_scaled", False), c.get("lr_d"), c.get("lr_g"),
             run["device"].split(":")[0])  # fmt: skip
 
