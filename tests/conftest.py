@@ -1,5 +1,5 @@
-"""Shared test setup: draw figures off-screen, skip `gpu` tests on machines without CUDA, and run
-Hypothesis the same way on every run.
+"""Shared test setup: draw figures off-screen, skip `gpu` tests on machines without CUDA, and make
+every test start from the same random state, so that no run can fail by chance.
 
 Hypothesis runs the "ci" profile unless HYPOTHESIS_PROFILE names another: derandomized (the same
 examples on every run and machine), no per-example deadline (a loaded 2-core machine is slow),
@@ -11,6 +11,9 @@ import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # before anything imports matplotlib.pyplot
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import settings
@@ -18,6 +21,22 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, deadline=None, database=None)
 settings.register_profile("explore", deadline=None, database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+TORCH_THREADS = torch.get_num_threads()  # as the process started (OMP_NUM_THREADS or the cores)
+TEST_SEED = 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before each test and before its fixtures (module-wide ones too): seed every global random
+    generator and undo process-wide torch settings an earlier test may have changed. Without this
+    a test's random numbers would depend on which tests ran before it, and numpy's and Python's
+    generators are seeded from the OS at start-up: a different draw on every run."""
+    random.seed(TEST_SEED)
+    np.random.seed(TEST_SEED)
+    torch.manual_seed(TEST_SEED)  # the CPU generator, and every CUDA device's
+    torch.set_num_threads(TORCH_THREADS)  # e.g. benchmarks/attention_cost.py sets its own
+    torch.set_default_dtype(torch.float32)
 
 
 def pytest_collection_modifyitems(config, items):
