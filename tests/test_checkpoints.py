@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -251,7 +252,7 @@ def wrong_files(tmp_path, trained) -> dict:
     files["someone else's"] = (tmp_path / "state_dict.pt", "not a sagan_edu training checkpoint")
     torch.save(Evil(), tmp_path / "evil.pt")
     files["malicious pickle"] = (tmp_path / "evil.pt", "could run code")
-    files["folder"] = (trained.parent, f"is a folder.*pass {trained}")
+    files["folder"] = (trained.parent, f"is a folder.*pass {re.escape(str(trained))}")
     files["lfs pointer"] = (
         write("lfs.pt", b"version https://git-lfs.github.com/spec/v1\noid sha256:00\n"),
         "Git LFS pointer.*git lfs pull",
