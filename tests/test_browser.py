@@ -332,7 +332,12 @@ def test_attention_explorer_in_jupyterlab(lab: Lab, page, tmp_path):
             f"the overlay picture did not change within {REDRAW_S} s of moving the query row "
             "slider: the slider's callback is not redrawing"
         )
-        expect(explorer.locator(".sagan-summary")).to_contain_text("Query (18, 16)")
+        # Each of the 8 key presses is one redraw in the kernel, and the picture changed after
+        # the first: the summary reaches row 18 only after the last (Playwright's expect waits
+        # 5 s unless told otherwise, too little for 8 redraws on a busy 2-core machine).
+        expect(explorer.locator(".sagan-summary")).to_contain_text(
+            "Query (18, 16)", timeout=REDRAW_S * 1000
+        )
         phases["redrawn after the slider moved"] = time.monotonic() - started
 
         # The γ control: from 1.00 down 4 steps of 0.25 switches G's attention off.
@@ -340,7 +345,10 @@ def test_attention_explorer_in_jupyterlab(lab: Lab, page, tmp_path):
         assert readout == "0.00", f"the γ slider reads {readout!r} after 4 steps down from 1.00"
         off = _wait_for_new_picture(picture, after)
         assert off != after, f"the picture did not change within {REDRAW_S} s of setting γ × 0"
-        expect(explorer.locator(".sagan-summary")).to_contain_text("(attention off)")
+        expect(explorer.locator(".sagan-summary")).to_contain_text(
+            "(attention off)",
+            timeout=REDRAW_S * 1000,  # 4 redraws, each running G
+        )
         phases["redrawn with attention off"] = time.monotonic() - started
         _wait_for_kernel_idle(page)  # every redraw done: the screenshot shows the final picture
 

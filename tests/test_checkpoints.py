@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -251,7 +252,7 @@ def wrong_files(tmp_path, trained) -> dict:
     files["someone else's"] = (tmp_path / "state_dict.pt", "not a sagan_edu training checkpoint")
     torch.save(Evil(), tmp_path / "evil.pt")
     files["malicious pickle"] = (tmp_path / "evil.pt", "could run code")
-    files["folder"] = (trained.parent, f"is a folder.*pass {trained}")
+    files["folder"] = (trained.parent, f"is a folder.*pass {re.escape(str(trained))}")
     files["lfs pointer"] = (
         write("lfs.pt", b"version https://git-lfs.github.com/spec/v1\noid sha256:00\n"),
         "Git LFS pointer.*git lfs pull",
@@ -323,32 +324,59 @@ def test_an_old_checkpoint_without_the_new_fields_still_resumes(tmp_path):
     assert Trainer(replace(config, resume=True, steps=3)).step_count == 2
 
 
-def kill_after_next_checkpoint(command: list[str], path, env: dict, delay: float) -> int:
-    """Start `command`, wait until it has written a new checkpoint at `path`, let it run on for
-    `delay` seconds (into its next steps and writes), then SIGKILL it. Returns its exit status."""
-    before = path.stat().st_mtime_ns if path.exists() else None
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if path.exists() and path.stat().st_mtime_ns != before:
-            break
-        time.sleep(0.002)
-    time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    return process.wait(timeout=60)
+# `train` as the CLI runs it, except that after each checkpoint it writes, it prints a line and
+# waits for one on stdin: the test decides when it may go on, so a run can never finish on its own
+# before the test kills it (however slow or busy the machine).
+GATED_CLI = textwrap.dedent("""
+    import sys
+    from sagan_edu import training
+    from sagan_edu.cli import main
+
+    save_checkpoint = training.Trainer.save_checkpoint
+
+    def save_then_wait(self, path=None):
+        written = save_checkpoint(self, path)
+        print(f"checkpoint written at step {self.step_count}", flush=True)
+        sys.stdin.readline()
+        return written
+
+    training.Trainer.save_checkpoint = save_then_wait
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def kill_during_the_step_after_a_checkpoint(args: list[str], env: dict, delay: float) -> int:
+    """Run `train` with `args` until it has written a checkpoint, let it go on for `delay` seconds
+    (into the next step and its checkpoint write, which it cannot pass), then SIGKILL it.
+    Returns the step of the checkpoint it wrote."""
+    process = subprocess.Popen([sys.executable, "-c", GATED_CLI, *args], env=env, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        lines = []  # the CLI's own log lines come first
+        while not (line := process.stdout.readline()).startswith("checkpoint written"):
+            assert line, f"train exited before its first checkpoint:\n{''.join(lines)}"
+            lines.append(line)
+        process.stdin.write("go on\n")
+        process.stdin.flush()
+        time.sleep(delay)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        status = process.wait(timeout=60)
+    assert status == -signal.SIGKILL  # killed mid-training, not after the end
+    return int(line.split()[-1])
 
 
 @pytest.mark.slow
 def test_kill_9_loop_never_corrupts_and_resumes_bit_identically(tmp_path):
     """`train --resume` killed (SIGKILL) again and again, each time just after it wrote a
-    checkpoint (so in the middle of training, often of the next write), then let finish: every
-    checkpoint left behind loads, the end state equals an uninterrupted run's bit for bit, and no
-    temporary file is left."""
-    args = ["--steps", "40", "--checkpoint-every", "1", "--log-every", "1", "--z-dim", "16",
-            "--g-channels", "8", "--d-channels", "8", "--batch-size", "8", "--no-progress",
-            "--device", "cpu"]  # fmt: skip
-    command = [sys.executable, "-m", "sagan_edu.cli", "train", *args]
+    checkpoint (so in the middle of the next step, often of the next write), then let finish:
+    every checkpoint left behind loads, the end state equals an uninterrupted run's bit for bit,
+    and no temporary file is left."""
+    args = ["train", "--steps", "40", "--checkpoint-every", "1", "--log-every", "1",
+            "--z-dim", "16", "--g-channels", "8", "--d-channels", "8", "--batch-size", "8",
+            "--no-progress", "--device", "cpu"]  # fmt: skip
+    command = [sys.executable, "-m", "sagan_edu.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*command, "--out", str(tmp_path / "straight")], check=True, env=env,
                    capture_output=True, timeout=300)  # fmt: skip
@@ -358,15 +386,17 @@ def test_kill_9_loop_never_corrupts_and_resumes_bit_identically(tmp_path):
     rng = random.Random(0)
     steps_seen = []
     for _ in range(6):
-        status = kill_after_next_checkpoint(
-            [*command, "--out", str(run), "--resume"], path, env, rng.uniform(0.0, 0.05)
+        written = kill_during_the_step_after_a_checkpoint(
+            [*args, "--out", str(run), "--resume"], env, rng.uniform(0.0, 0.05)
         )
-        assert status == -signal.SIGKILL  # killed mid-training, not after the end
-        steps_seen.append(load_checkpoint(path)["step"])  # never a corrupt checkpoint
+        step = load_checkpoint(path)["step"]  # never a corrupt checkpoint
+        assert step in (written, written + 1)  # the one it wrote, or the next if that completed
+        steps_seen.append(step)
     subprocess.run([*command, "--out", str(run), "--resume"], check=True, env=env,
                    capture_output=True, timeout=300)  # fmt: skip
 
-    assert steps_seen == sorted(steps_seen) and steps_seen[-1] < 40  # no progress lost
+    # Every killed run resumed where the last one stopped and wrote at least one more step.
+    assert steps_seen == sorted(set(steps_seen)) and steps_seen[-1] < 40
     straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     resumed = load_checkpoint(path)
     assert resumed["step"] == straight["step"] == 40

@@ -170,6 +170,11 @@ def execute(path: Path, allow_errors: bool) -> nbformat.NotebookNode:
     client = NotebookClient(
         nb,
         timeout=300,
+        # After a cell's reply, nbclient waits only 4 s for the kernel's last outputs and then
+        # carries on without them (a warning in a log): on a busy 2-core machine a check's success
+        # line could go missing. Wait longer, and fail loudly if they still do not come.
+        iopub_timeout=60,
+        raise_on_iopub_timeout=True,
         kernel_name="python3",
         allow_errors=allow_errors,
         resources={"metadata": {"path": str(path.parent)}},

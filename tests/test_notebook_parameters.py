@@ -85,6 +85,7 @@ def test_papermill_runs_notebook_08_with_a_changed_number_of_steps(tmp_path):
     papermill.execute_notebook(
         str(source), str(out), parameters={"steps": 4}, cwd=str(source.parent),
         kernel_name="python3", progress_bar=False,
+        iopub_timeout=60, raise_on_iopub_timeout=True,  # see execute() in test_exercises.py
     )  # fmt: skip
     cells = nbformat.read(out, as_version=4).cells
     injected = [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
