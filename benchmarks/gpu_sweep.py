@@ -41,11 +41,12 @@ Prepared for the next session that has a GPU (run on the CPU so far, or not at a
        2026-11-29)
     m  twin-shapes, width 16, batch 32, 10,000 steps: none, 16×16 — trained until the baseline
        draws recognisable rings and bars (ran on the CPU, 2026-11-29)
-    n  seeds 4 and 5 for the CPU cells at 2,000 steps whose three seeds disagree on the sign of
-       attention's effect (the issue's rule: 5 seeds where a cell's seeds disagree): cell b on the
-       CPU, cell h and both halves of cell l: none, 16×16 (ran on the CPU, 2026-11-29). The 400-
-       and 1,000-step sweeps (seeds 0-2) are not extended: they were trained with an older
-       training step, so new seeds would not belong to their cells.
+    n  seeds 4 and 5 for the CPU cells whose three seeds disagree on the sign of attention's
+       effect (the issue's rule: 5 seeds where a cell's seeds disagree): cell d on the CPU
+       (local-shapes, the long setting; its greyscale Fréchet distance), cell b on the CPU, both
+       halves of cell l, and cell h: none, 16×16 (ran on the CPU, 2026-11-29). The 400- and
+       1,000-step sweeps (seeds 0-2) are not extended: they were trained with an older training
+       step, so new seeds would not belong to their cells.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def job_list() -> list[Job]:
                    "--steps", "2000")  # fmt: skip
         jobs += _runs("l", f"g{g_width}-d{d_width}", "twin-shapes", ("none", "16"), setting)
     jobs += _runs("m", "w16-10000", "twin-shapes", ("none", "16"), SMALL_10000)
+    jobs += _runs("n", "long", "local-shapes", ("none", "16"), LONG, seeds=(4, 5))
     jobs += _runs("n", "w16", "twin-shapes", ("none", "16"), SMALL, seeds=(4, 5))
     for g_width, d_width in (("16", "32"), ("32", "16")):
         setting = ("--channels", g_width, "--d-channels", d_width, "--batch", "32",
