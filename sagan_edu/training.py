@@ -546,8 +546,8 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     Buffers (BatchNorm running statistics, spectral-norm vectors) are statistics of the current
     weights, not weights to average, so the EMA model takes them from the model directly.
     """
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"decay must be in [0, 1] (1 keeps the EMA unchanged), got {decay}")
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay <= 1:
+        raise ValueError(f"decay must be in [0, 1] (1 keeps the EMA unchanged), got {decay!r}")
     ema_params, params = list(ema_model.parameters()), list(model.parameters())
     ema_buffers, buffers = list(ema_model.buffers()), list(model.buffers())
     same = len(ema_params) == len(params) and len(ema_buffers) == len(buffers)

@@ -736,6 +736,10 @@ def more_api_calls() -> dict:
             lambda: update_ema(Gc, Generator(z_dim=16, base_channels=16, num_classes=10), 0.9),
             "same architecture",
         ),
+        "update_ema(decay='0.9')": (  # was torch's "'<=' not supported between ... 'str'"
+            lambda: update_ema(Gc, Gc, "0.9"),
+            r"decay must be in \[0, 1\] \(1 keeps the EMA unchanged\), got '0.9'",
+        ),
         "scaled_attention(nan)": (
             lambda: scaled_attention(Gc, math.nan).__enter__(),
             r"scale must be a finite number \(0 switches attention off\), got nan",
