@@ -22,6 +22,7 @@ For digits, `class_histogram` / `class_coverage` show which digits a generator d
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -324,6 +325,12 @@ def class_coverage(histogram: torch.Tensor, min_share: float = 0.02) -> dict[str
         raise ValueError(
             f"histogram must be 10 non-negative counts with a positive total, as class_histogram "
             f"returns; got {histogram.tolist()}"
+        )
+    if isinstance(min_share, bool) or not isinstance(min_share, numbers.Real):
+        raise ValueError(f"min_share must be a number in (0, 1], got {min_share!r}")
+    if not 0 < min_share <= 1:  # 0 or less counts every class, above 1 none: never a collapse
+        raise ValueError(
+            f"min_share must be in (0, 1], a share of the samples such as 0.02, got {min_share}"
         )
     shares = histogram.float() / histogram.sum()
     nonzero = shares[shares > 0]
