@@ -79,7 +79,13 @@ from sagan_edu.checkpoints import (
     load_weights,
     remove_stale_temp_files,
 )
-from sagan_edu.config import RESUMABLE_OVERRIDES, TrainConfig, available_devices, check_device_name
+from sagan_edu.config import (
+    RESUMABLE_OVERRIDES,
+    TrainConfig,
+    available_devices,
+    check_attention_sizes,
+    check_device_name,
+)
 from sagan_edu.data import load_dataset
 from sagan_edu.fast_step import captured_step
 from sagan_edu.losses import get_losses
@@ -129,6 +135,7 @@ class Trainer:
         checkpoint = _checkpoint_to_resume(config, checkpoint_path)
         if checkpoint is not None:
             config = _resumed_config(config, checkpoint["config"], checkpoint_path)
+        check_attention_sizes(config)  # before the folder is made or the data loaded
         self.config = config
         self.callback = callback
         self.checkpoint_path = checkpoint_path
