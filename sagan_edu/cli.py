@@ -296,14 +296,18 @@ def run_sample(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     _check_output_file(args.out, (".safetensors",), args.overwrite)
     dtype = torch.float16 if args.float16 else torch.float32
-    out = export_pretrained(args.checkpoint, args.out, dtype, not args.generator_only)
+    out = export_pretrained(
+        args.checkpoint, args.out, dtype, not args.generator_only, overwrite=args.overwrite
+    )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
     _check_output_file(args.out, (".safetensors",), args.overwrite)
-    accuracy = train_classifier(args.out, epochs=args.epochs, seed=args.seed)
+    accuracy = train_classifier(
+        args.out, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite
+    )
     print(
         f"wrote {args.out}: accuracy {accuracy['train_accuracy']:.3f} on the 4,000 training "
         f"digits, {accuracy['held_out_accuracy']:.3f} on the 1,000 held-out digits"
