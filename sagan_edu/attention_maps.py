@@ -25,6 +25,7 @@ import torch.nn.functional as F
 __all__ = [
     "attention_entropy",
     "attention_share",
+    "check_attention_weights",
     "check_pair",
     "mean_attention_distance",
     "pool_factor",
@@ -46,6 +47,33 @@ def check_pair(name: str, value: object) -> tuple[int, int]:
     ):
         raise ValueError(f"{name} must be a pair of whole numbers such as (16, 16), got {value!r}")
     return int(value[0]), int(value[1])
+
+
+def check_attention_weights(attention: object) -> None:
+    """attention (..., N, M) must be softmax weights: a float tensor, no negative entry, and every
+    row summing to 1 (or to 0, a fully masked query). Raw scores (q·k before the softmax) would
+    otherwise give distances, entropies and shares that mean nothing, without any error."""
+    if not isinstance(attention, torch.Tensor) or attention.dim() < 2:
+        got = tuple(attention.shape) if isinstance(attention, torch.Tensor) else None
+        raise ValueError(
+            "attention must be a (B, N, M) or (N, M) tensor of weights, as SelfAttention2d "
+            f"returns with return_attention=True, got {got or type(attention).__name__}"
+        )
+    if not attention.is_floating_point():
+        raise ValueError(f"attention must hold float weights, got dtype {attention.dtype}")
+    if attention.numel() == 0:
+        return
+    w = attention.detach().float()
+    sums = w.sum(dim=-1)
+    # A weight may round a little below 0 or a row's sum away from 1 in bf16; scores do far more.
+    rows_ok = ((sums - 1).abs() < 2e-2) | (sums.abs() < 2e-2)
+    if bool(w.min() < -1e-3) or not bool(rows_ok.all()):
+        raise ValueError(
+            "attention must be softmax weights (each query's row ≥ 0 and summing to 1), but its "
+            f"entries run from {w.min().item():.3g} to {w.max().item():.3g} and its rows sum to "
+            f"{sums.min().item():.3g}…{sums.max().item():.3g}: these look like scores before "
+            "the softmax; pass the weights (scores.softmax(dim=-1))"
+        )
 
 
 def pool_factor(N: int, M: int, feature_size: tuple[int, int]) -> int:
@@ -102,6 +130,7 @@ def mean_attention_distance(
     """
     N, M = attention.shape[-2:]
     pool = pool_factor(N, M, feature_size)
+    check_attention_weights(attention)
     distances = _query_key_distances(feature_size, pool, image_size).to(attention.device)  # (N, M)
     return (attention.float() * distances.float()).sum(dim=-1)
 
@@ -177,6 +206,7 @@ def attention_entropy(attention: torch.Tensor) -> torch.Tensor:
     0 when a query puts all its weight on one key; ln M, the most there is, when it spreads it
     evenly over all M keys. Zero weights add nothing (0·ln 0 = 0).
     """
+    check_attention_weights(attention)
     w = attention.float()
     return -(w * torch.log(w.clamp_min(torch.finfo(w.dtype).tiny))).sum(dim=-1)
 
@@ -210,6 +240,7 @@ def attention_share(
     pool = pool_factor(N, M, feature_size)
     queries = _cells(query_mask, feature_size, 1).flatten(1)  # (B, N)
     keys = _cells(key_mask, feature_size, pool).flatten(1)  # (B, M)
+    check_attention_weights(attention)
     on_keys = (attention.float() * keys[:, None, :]).sum(-1)  # (B, N): each query's weight there
     share = (on_keys * queries).sum(-1) / queries.sum(-1)  # NaN where no query: 0 / 0
     return share, keys.mean(-1)

@@ -50,6 +50,7 @@ __all__ = [
     "check_resumable",
     "load_checkpoint",
     "load_weights",
+    "refuse_to_replace",
     "remove_stale_temp_files",
 ]
 
@@ -297,6 +298,14 @@ def check_known_settings(path: str | os.PathLike, what: str, saved: dict, known:
 # ---------------------------------------------------------------------------------------------
 # Run folders
 # ---------------------------------------------------------------------------------------------
+
+
+def refuse_to_replace(path: Path, overwrite: bool) -> None:
+    """An existing file at `path` is replaced only when the caller said so (overwrite=True)."""
+    if path.exists() and not overwrite:
+        raise ValueError(
+            f"{path} exists; pass another path, or overwrite=True (--overwrite) to replace it"
+        )
 
 
 def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:

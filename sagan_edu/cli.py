@@ -13,7 +13,8 @@ folder without a checkpoint that holds files train would write. `sample`, `expor
 `train-classifier` replace an existing --out file only with --overwrite.
 
 Mistakes in what the user typed (a bad value, a missing or wrong file, a device this machine does
-not have, a full disk) end with one line on stderr and exit status 2, never a traceback.
+not have, a full disk, memory) end with one line on stderr and exit status 2, never a traceback.
+Ctrl-C during `train` says which step the checkpoint holds and how to continue (exit status 130).
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         except USER_ERRORS as error:
             print(f"sagan-edu {args.command}: error: {_one_line(error)}", file=sys.stderr)
             return 2
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not _out_of_memory(error):
+                raise  # a bug: keep its traceback
             print(
                 f"sagan-edu {args.command}: error: the device ran out of memory; ask for less "
                 "at once (a smaller --batch-size or --n, narrower --g-channels/--d-channels, a "
@@ -87,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"sagan-edu {args.command}: interrupted", file=sys.stderr)
             return 130
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """A GPU's OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory" on
+    Linux and macOS, "not enough memory" on Windows), which torch does not give its own type."""
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or (
+        "DefaultCPUAllocator" in text and ("can't allocate" in text or "not enough memory" in text)
+    )
 
 
 def _one_line(error: BaseException | Warning | str) -> str:
@@ -212,6 +224,10 @@ def run_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         trainer.fit()
+    except KeyboardInterrupt:
+        if trainer.is_main:
+            print(f"sagan-edu train: {_how_to_resume(trainer)}", file=sys.stderr)
+        return 130
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -220,6 +236,21 @@ def run_train(args: argparse.Namespace) -> int:
         write_figures(trainer, Path(config.out_dir))
         say(f"wrote {trainer.checkpoint_path} and figures to {config.out_dir}/")
     return 0
+
+
+def _how_to_resume(trainer: Trainer) -> str:
+    """After Ctrl-C: which step the checkpoint holds, and the command that continues from it."""
+    path = trainer.checkpoint_path
+    if not path.is_file():
+        return (
+            f"interrupted at step {trainer.step_count}, before the first checkpoint (every "
+            f"{trainer.config.checkpoint_every} steps, --checkpoint-every): nothing was saved"
+        )
+    saved = load_checkpoint(path)["step"]
+    return (
+        f"interrupted at step {trainer.step_count}; {path} holds step {saved}. Continue with "
+        f"sagan-edu train --out {trainer.config.out_dir} --resume"
+    )
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -265,14 +296,18 @@ def run_sample(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     _check_output_file(args.out, (".safetensors",), args.overwrite)
     dtype = torch.float16 if args.float16 else torch.float32
-    out = export_pretrained(args.checkpoint, args.out, dtype, not args.generator_only)
+    out = export_pretrained(
+        args.checkpoint, args.out, dtype, not args.generator_only, overwrite=args.overwrite
+    )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
     _check_output_file(args.out, (".safetensors",), args.overwrite)
-    accuracy = train_classifier(args.out, epochs=args.epochs, seed=args.seed)
+    accuracy = train_classifier(
+        args.out, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite
+    )
     print(
         f"wrote {args.out}: accuracy {accuracy['train_accuracy']:.3f} on the 4,000 training "
         f"digits, {accuracy['held_out_accuracy']:.3f} on the 1,000 held-out digits"

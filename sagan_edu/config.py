@@ -17,7 +17,13 @@ import torch
 
 from sagan_edu.data import DATASETS
 from sagan_edu.losses import LOSSES
-from sagan_edu.models import ARCHS, ATTENTION_BLOCKS, IMG_SIZES
+from sagan_edu.models import (
+    ARCHS,
+    ATTENTION_BLOCKS,
+    IMG_SIZES,
+    discriminator_sizes,
+    generator_sizes,
+)
 
 __all__ = [
     "RESUMABLE_OVERRIDES",
@@ -236,6 +242,24 @@ def available_devices() -> list[str]:
     if torch.backends.mps.is_available():
         names.append("mps")
     return names
+
+
+def check_attention_sizes(config: TrainConfig) -> None:
+    """Every attention_at size must be a feature map of each network that gets attention.
+
+    Checked by the Trainer, on the settings it trains with (on resume, the checkpoint's), before
+    it writes anything or loads the data: G's maps are 4 … img_size, D's img_size/2 … 4.
+    """
+    networks = {"both": ("G", "D"), "g": ("G",), "d": ("D",)}[config.attention_in]
+    sizes = {"G": generator_sizes(config.img_size), "D": discriminator_sizes(config.img_size)}
+    usable = sorted(set.intersection(*(set(sizes[name]) for name in networks)))
+    wrong = [size for size in config.attention_at if size not in usable]
+    if wrong:
+        raise ValueError(
+            f"attention_at {tuple(wrong)} names no feature map of {' and '.join(networks)} at "
+            f"img_size={config.img_size} (attention_in={config.attention_in!r}); choose from "
+            f"{', '.join(map(str, usable))} (--attention-at), or () for no attention"
+        )
 
 
 def check_device_name(name: object) -> None:

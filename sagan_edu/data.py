@@ -253,9 +253,19 @@ def _load_mnist5k(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _data_root(root: str | os.PathLike | None) -> Path:
+    """The data folder: `root`, else $SAGAN_EDU_DATA, else the user cache; never a file."""
+    source = "root=, --data-root"
     if root is None:
+        source = f"${DATA_ENV_VAR}" if os.environ.get(DATA_ENV_VAR) else "the default"
         root = os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_ROOT
-    return Path(root).expanduser()
+    path = Path(root).expanduser()
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(
+            f"the data folder {path} (from {source}) cannot be used: {blocker} is a file, not a "
+            "folder; pass the folder that holds (or should hold) the datasets"
+        )
+    return path
 
 
 def _expected_files(name: str, root: Path) -> tuple[Path, list[Path]]:

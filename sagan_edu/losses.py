@@ -79,11 +79,21 @@ def get_losses(name: str) -> tuple[DLoss, GLoss]:
 
 
 def _check_logits(**logits: torch.Tensor) -> None:
-    """Raise ValueError unless every argument is a non-empty 1-D tensor of logits (B,)."""
+    """Raise ValueError unless every argument is a non-empty 1-D float tensor of logits (B,)."""
     for name, t in logits.items():
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() == 0:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        if not isinstance(t, torch.Tensor):
             raise ValueError(
-                f"{name} must be a non-empty 1-D tensor of shape (batch,), got {shape}; "
-                "the Discriminator returns this shape, use .view(-1) on (batch, 1) outputs"
+                f"{name} must be a torch.Tensor of shape (batch,), got {type(t).__name__}; "
+                "pass the Discriminator's output as it is"
+            )
+        if t.dim() != 1 or t.numel() == 0:
+            raise ValueError(
+                f"{name} must be a non-empty 1-D tensor of shape (batch,), got "
+                f"{tuple(t.shape)}; the Discriminator returns this shape, use .view(-1) on "
+                "(batch, 1) outputs"
+            )
+        if not t.is_floating_point():
+            raise ValueError(
+                f"{name} must hold floating-point logits (D's raw scores), got dtype {t.dtype}; "
+                "pass the Discriminator's output, or convert with .float()"
             )

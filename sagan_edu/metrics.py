@@ -22,6 +22,7 @@ For digits, `class_histogram` / `class_coverage` show which digits a generator d
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from sagan_edu.checkpoints import atomic_write, check_output_folder
+from sagan_edu.checkpoints import atomic_write, check_output_folder, refuse_to_replace
 from sagan_edu.data import consistency_score, load_dataset
 from sagan_edu.pretrained import verify_checksum
 from sagan_edu.training import pick_device
@@ -102,12 +103,13 @@ class MnistClassifier(nn.Module):
 
 
 def train_classifier(
-    out_path: str | os.PathLike, epochs: int = 30, seed: int = 0
+    out_path: str | os.PathLike, epochs: int = 30, seed: int = 0, overwrite: bool = False
 ) -> dict[str, float]:
     """Train the feature network on mnist5k's 4,000 training digits and save it (safetensors).
 
     The metrics read the shipped file, CLASSIFIER_PATH: write there only to rebuild the shipped
-    weights (`make pretrained`), since a new network shifts every FD and KID number.
+    weights (`make pretrained`), since a new network shifts every FD and KID number. An existing
+    file at `out_path` is replaced only with overwrite=True.
 
     Returns the accuracy on the 1,000 held-out digits (and on the training digits).
     """
@@ -118,6 +120,7 @@ def train_classifier(
     if out_path.suffix != ".safetensors":
         raise ValueError(f"out_path must end in .safetensors, got {out_path}")
     check_output_folder(out_path.parent, "the folder of out_path")  # before minutes of training
+    refuse_to_replace(out_path, overwrite)
     torch.manual_seed(seed)
     train_set = load_dataset("mnist5k", train=True, img_size=32)
     held_out = load_dataset("mnist5k", train=False, img_size=32)
@@ -324,6 +327,12 @@ def class_coverage(histogram: torch.Tensor, min_share: float = 0.02) -> dict[str
         raise ValueError(
             f"histogram must be 10 non-negative counts with a positive total, as class_histogram "
             f"returns; got {histogram.tolist()}"
+        )
+    if isinstance(min_share, bool) or not isinstance(min_share, numbers.Real):
+        raise ValueError(f"min_share must be a number in (0, 1], got {min_share!r}")
+    if not 0 < min_share <= 1:  # 0 or less counts every class, above 1 none: never a collapse
+        raise ValueError(
+            f"min_share must be in (0, 1], a share of the samples such as 0.02, got {min_share}"
         )
     shares = histogram.float() / histogram.sum()
     nonzero = shares[shares > 0]

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from sagan_edu.checkpoints import atomic_write, check_output_folder
+from sagan_edu.checkpoints import atomic_write, check_output_folder, refuse_to_replace
 from sagan_edu.models import Discriminator, Generator
 from sagan_edu.training import load_checkpoint, pick_device
 
@@ -95,10 +95,12 @@ def export_pretrained(
     out_path: str | os.PathLike,
     dtype: torch.dtype = torch.float32,
     keep_discriminator: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write a checkpoint's EMA generator (and D) as one safetensors file, tensors in `dtype`.
 
     float16 halves the file; a generator's outputs move by about 1e-3 (the shipped files use it).
+    An existing file at `out_path` is replaced only with overwrite=True.
     """
     state = load_checkpoint(checkpoint_path)
     tensors = {f"G.{k}": v for k, v in state["G_ema"].items()}
@@ -118,6 +120,7 @@ def export_pretrained(
     if out_path.suffix != ".safetensors":
         raise ValueError(f"out_path must end in .safetensors, got {out_path}")
     check_output_folder(out_path.parent, "the folder of out_path")
+    refuse_to_replace(out_path, overwrite)
     atomic_write(safetensors_bytes(tensors, metadata=metadata), out_path, what="weight file")
     return out_path
 

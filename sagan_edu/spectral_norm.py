@@ -108,10 +108,32 @@ def spectral_norm(module: nn.Module, n_power_iterations: int = 1) -> nn.Module:
     The learned weight is stored as `module.parametrizations.weight.original`; `module.weight`
     is recomputed as original / σ(original) on every access.
     """
+    _check_normalisable(module)
     parametrize.register_parametrization(
         module, "weight", SpectralNorm(module.weight, n_power_iterations)
     )
     return module
+
+
+def _check_normalisable(module: object) -> None:
+    """A layer with a `weight` parameter (nn.Linear, nn.Conv2d, …), not yet normalised."""
+    if not isinstance(module, nn.Module):
+        raise ValueError(
+            f"spectral_norm takes a layer (an nn.Module such as nn.Conv2d), got "
+            f"{type(module).__name__}; to normalise a weight tensor, wrap it in its layer"
+        )
+    if parametrize.is_parametrized(module, "weight") and any(
+        isinstance(p, SpectralNorm) for p in module.parametrizations.weight
+    ):
+        raise ValueError(
+            "this layer is already spectrally normalised; a second spectral_norm would divide "
+            "by σ twice and keep two sets of u, v. Call it once"
+        )
+    if not isinstance(getattr(module, "weight", None), torch.Tensor):
+        raise ValueError(
+            f"spectral_norm normalises a layer's `weight`, and this {type(module).__name__} "
+            "has none; apply it to the layers that have one (nn.Linear, nn.Conv2d, nn.Embedding)"
+        )
 
 
 def _spectral_norms(model: nn.Module) -> list[tuple[SpectralNorm, torch.Tensor]]:

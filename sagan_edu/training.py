@@ -79,7 +79,13 @@ from sagan_edu.checkpoints import (
     load_weights,
     remove_stale_temp_files,
 )
-from sagan_edu.config import RESUMABLE_OVERRIDES, TrainConfig, available_devices, check_device_name
+from sagan_edu.config import (
+    RESUMABLE_OVERRIDES,
+    TrainConfig,
+    available_devices,
+    check_attention_sizes,
+    check_device_name,
+)
 from sagan_edu.data import load_dataset
 from sagan_edu.fast_step import captured_step
 from sagan_edu.losses import get_losses
@@ -129,6 +135,7 @@ class Trainer:
         checkpoint = _checkpoint_to_resume(config, checkpoint_path)
         if checkpoint is not None:
             config = _resumed_config(config, checkpoint["config"], checkpoint_path)
+        check_attention_sizes(config)  # before the folder is made or the data loaded
         self.config = config
         self.callback = callback
         self.checkpoint_path = checkpoint_path
@@ -546,8 +553,8 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     Buffers (BatchNorm running statistics, spectral-norm vectors) are statistics of the current
     weights, not weights to average, so the EMA model takes them from the model directly.
     """
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"decay must be in [0, 1] (1 keeps the EMA unchanged), got {decay}")
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay <= 1:
+        raise ValueError(f"decay must be in [0, 1] (1 keeps the EMA unchanged), got {decay!r}")
     ema_params, params = list(ema_model.parameters()), list(model.parameters())
     ema_buffers, buffers = list(ema_model.buffers()), list(model.buffers())
     same = len(ema_params) == len(params) and len(ema_buffers) == len(buffers)

@@ -156,6 +156,30 @@ def test_attention_share_errors():
         attention_share(torch.rand(1, 64, 16), (8, 8), torch.ones(1, 12, 12), torch.ones(1, 12, 12))
 
 
+def test_scores_before_the_softmax_are_refused_not_measured():
+    """Raw q·k scores used to give a distance, an entropy and a share without any error."""
+    scores = torch.randn(2, 64, 16, generator=torch.Generator().manual_seed(0))
+    masks = torch.ones(2, 16, 16, dtype=torch.bool)
+    calls = {
+        "mean_attention_distance": lambda a: mean_attention_distance(a, (8, 8)),
+        "attention_entropy": attention_entropy,
+        "attention_share": lambda a: attention_share(a, (8, 8), masks, masks),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"look like scores before the softmax.*softmax\(dim"):
+            call(scores)
+        weights = scores.softmax(dim=-1)
+        assert torch.isfinite(call(weights)[0]).all(), name  # the weights themselves still work
+    with pytest.raises(
+        ValueError, match=r"attention must hold float weights, got dtype torch.int64"
+    ):
+        attention_entropy(torch.ones(4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(B, N, M\) or \(N, M\) tensor of weights.*ndarray"):
+        attention_entropy(np.full((4, 4), 0.25))
+    fully_masked = torch.zeros(3, 5)  # rows a padding mask left empty: weights 0, entropy 0
+    assert attention_entropy(fully_masked).tolist() == [0.0, 0.0, 0.0]
+
+
 def _two_squares() -> torch.Tensor:
     """(1, 3, 16, 16): a red 2×2 square in each half, the left at rows 4-5, the right at 10-11."""
     image = -torch.ones(1, 3, 16, 16)

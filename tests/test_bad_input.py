@@ -498,6 +498,19 @@ def test_callback_that_cannot_take_the_trainer_fails_at_start(tmp_path):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_attention_sizes_the_networks_lack_fail_before_anything_is_written(tmp_path, monkeypatch):
+    """--attention-at 32 used to fail only once the data had loaded, naming D alone, and left an
+    empty run folder behind."""
+    monkeypatch.setattr(training, "load_dataset", None)  # the check must come before the data
+    with pytest.raises(ValueError, match=r"attention_at \(32,\) names no feature map of G and D "
+                       r"at img_size=32 .*choose from 4, 8, 16 \(--attention-at\)"):  # fmt: skip
+        Trainer(tiny_config(tmp_path, attention_at=(4, 32)))
+    with pytest.raises(ValueError, match=r"\(7,\) names no feature map of G at img_size=64 "
+                       r"\(attention_in='g'\); choose from 4, 8, 16, 32, 64"):  # fmt: skip
+        Trainer(tiny_config(tmp_path, attention_at=(7,), attention_in="g", img_size=64))
+    assert not (tmp_path / "run").exists()
+
+
 def test_batch_larger_than_the_dataset_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"batch_size=4001 is more than the 4000 images .*≤ 4000"):
         Trainer(tiny_config(tmp_path, batch_size=4001))
@@ -735,6 +748,10 @@ def more_api_calls() -> dict:
         "update_ema(different widths)": (
             lambda: update_ema(Gc, Generator(z_dim=16, base_channels=16, num_classes=10), 0.9),
             "same architecture",
+        ),
+        "update_ema(decay='0.9')": (  # was torch's "'<=' not supported between ... 'str'"
+            lambda: update_ema(Gc, Gc, "0.9"),
+            r"decay must be in \[0, 1\] \(1 keeps the EMA unchanged\), got '0.9'",
         ),
         "scaled_attention(nan)": (
             lambda: scaled_attention(Gc, math.nan).__enter__(),

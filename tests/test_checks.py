@@ -1112,6 +1112,22 @@ def test_a_value_instead_of_a_function_says_to_pass_the_function(passed):
             check(passed)
 
 
+def test_the_sagan_block_check_wants_the_class_not_a_block_built_from_it():
+    """check_self_attention_2d(MyBlock(16)) read as the block raising 'unexpected keyword
+    argument pool'; a builder returning None printed '<function build at 0x...>'."""
+    from sagan_edu.attention import SelfAttention2d
+
+    built = r"takes your block's class, but got a SelfAttention2d already built from it"
+    with pytest.raises(CheckFailed, match=built + r".*check_self_attention_2d\(SelfAttention2d\)"):
+        checks.check_self_attention_2d(SelfAttention2d(16))
+
+    def build(channels, pool=2):
+        pass  # forgot the return
+
+    with pytest.raises(CheckFailed, match=r"your build\(16, pool=2\) returned None, not an nn.Mod"):
+        checks.check_self_attention_2d(build)
+
+
 def test_a_function_with_the_wrong_parameters_is_told_to_keep_the_stubs():
     def no_parameters():
         return torch.zeros(3)

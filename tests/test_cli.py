@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sagan_edu import cli
 from sagan_edu.cli import main
+from sagan_edu.training import Trainer
 
 TINY = ["--z-dim", "16", "--g-channels", "8", "--d-channels", "8", "--batch-size", "8",
         "--log-every", "1", "--no-progress"]  # fmt: skip
@@ -102,3 +104,59 @@ def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys, args, m
     assert main([*args, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and message in err
+
+
+def test_ctrl_c_says_which_step_is_saved_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real_step = Trainer.step
+
+    def interrupted_at_step_3(trainer):
+        if trainer.step_count == 3:
+            raise KeyboardInterrupt
+        return real_step(trainer)
+
+    monkeypatch.setattr(Trainer, "step", interrupted_at_step_3)
+    argv = ["train", "--steps", "5", "--checkpoint-every", "2", "--out", str(out), *TINY]
+    capsys.readouterr()
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"interrupted at step 3; {out / 'checkpoint.pt'} holds step 2." in err
+    assert f"sagan-edu train --out {out} --resume" in err
+    monkeypatch.setattr(Trainer, "step", real_step)
+    assert main(["train", "--out", str(out), "--resume"]) == 0  # the command it names works
+    assert "from step 2 to 5" in capsys.readouterr().out
+
+    early = tmp_path / "early"
+    monkeypatch.setattr(Trainer, "step", interrupted_at_step_3)
+    assert main(["train", "--steps", "5", "--checkpoint-every", "4", "--out", str(early), *TINY])
+    assert "before the first checkpoint (every 4 steps" in capsys.readouterr().err
+
+
+def test_running_out_of_cpu_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    """The CPU allocator's failure is a plain RuntimeError (torch.OutOfMemoryError is CUDA's):
+    `sample --n 100000000` printed a 30-line traceback."""
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "1", "--out", str(out), *TINY]) == 0
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 409600000000 bytes. Error code 12"
+        )
+
+    monkeypatch.setattr(cli, "sample_images", no_memory)
+    capsys.readouterr()
+    argv = ["sample", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "s.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and "ran out of memory" in err and "smaller --batch-size or --n" in err
+    )
+
+    def a_bug(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(cli, "sample_images", a_bug)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # bugs keep a traceback
+        main(argv)

@@ -472,3 +472,17 @@ def test_image_dataset_checks_its_tensors():
         ImageDataset(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2), "mine", None)
     with pytest.raises(ValueError, match=r"one per image"):
         ImageDataset(torch.zeros(2, 1, 8, 8), torch.zeros(3), "mine", num_classes=None)
+
+
+def test_a_data_root_that_is_a_file_is_named(tmp_path, monkeypatch):
+    """It used to read 'mnist is not in notes.txt/MNIST/raw', and with download=True blame the
+    internet connection."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not data")
+    for download in (False, True):
+        with pytest.raises(ValueError, match=r"from root=, --data-root\) .*notes.txt is a file"):
+            load_dataset("mnist", root=a_file, download=download)
+    monkeypatch.setenv("SAGAN_EDU_DATA", str(a_file / "data"))
+    with pytest.raises(ValueError, match=r"from \$SAGAN_EDU_DATA\) .*notes.txt is a file, not a"):
+        load_dataset("fashion-mnist")
+    assert a_file.read_text() == "not data"

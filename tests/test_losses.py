@@ -95,3 +95,12 @@ def test_logits_must_be_1d(bad):
         g_hinge_loss(bad)
     with pytest.raises(ValueError, match="fake_logits"):
         d_hinge_loss(torch.zeros(4), bad)
+
+
+def test_logits_that_are_not_float_tensors_say_what_they_are():
+    with pytest.raises(ValueError, match=r"fake_logits must hold floating-point .* torch.int64"):
+        g_hinge_loss(torch.ones(4, dtype=torch.long))  # torch's own error: "could not infer..."
+    with pytest.raises(ValueError, match=r"real_logits must be a torch.Tensor .* got list"):
+        d_nonsaturating_loss([0.5, 1.0], FAKE)
+    with pytest.raises(ValueError, match=r"fake_logits must be a torch.Tensor .* got ndarray"):
+        g_nonsaturating_loss(FAKE.numpy())

@@ -139,6 +139,14 @@ def test_class_coverage_sees_mode_collapse():
     assert result["covered"] == pytest.approx(0.1) and result["entropy"] < 0.05
 
 
+@pytest.mark.parametrize(("min_share", "message"), [(2, r"in \(0, 1\].*got 2"), (0, "got 0"),
+                                                   ("2%", "must be a number")])  # fmt: skip
+def test_class_coverage_refuses_a_share_outside_0_1(min_share, message):
+    """min_share=2 (meant as 2 %) counted no class as covered, without an error."""
+    with pytest.raises(ValueError, match=message):
+        class_coverage(torch.full((10,), 100), min_share=min_share)
+
+
 def test_consistency_reference_values():
     reference = consistency_reference("twin-shapes", n=300)
     assert reference["real"] > 0.99 and 0.2 < reference["ignores_long_range"] < 0.6

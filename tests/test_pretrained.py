@@ -37,6 +37,27 @@ def test_export_then_load_gives_the_checkpoints_models(tmp_path):
     assert torch.equal(D(x), trainer.D(x))
 
 
+def test_python_api_writers_keep_an_existing_file_unless_told_to_replace_it(tmp_path):
+    """Only the CLI refused before: export_pretrained and metrics.train_classifier replaced
+    any file at their path, the shipped classifier included."""
+    from sagan_edu.metrics import train_classifier
+
+    config = TrainConfig(z_dim=16, g_channels=8, d_channels=8, batch_size=8, steps=1,
+                         out_dir=str(tmp_path / "run"), progress=False)  # fmt: skip
+    trainer = training.train(config)
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(b"my own weights")
+    with pytest.raises(
+        ValueError, match=r"mine.safetensors exists; pass another path, or overwrite"
+    ):
+        export_pretrained(trainer.checkpoint_path, mine)
+    with pytest.raises(ValueError, match=r"mine.safetensors exists; .*overwrite=True"):
+        train_classifier(mine, epochs=1)  # refused before any training
+    assert mine.read_bytes() == b"my own weights"
+    export_pretrained(trainer.checkpoint_path, mine, overwrite=True)
+    assert load(str(mine)).z_dim == 16
+
+
 def test_float16_generator_only_export(tmp_path):
     config = TrainConfig(z_dim=16, g_channels=8, d_channels=8, batch_size=8, steps=2,
                          out_dir=str(tmp_path / "run"), progress=False)  # fmt: skip

@@ -124,3 +124,14 @@ def test_update_once_per_step_leaves_forwards_reading_u_and_v():
         w = layer.parametrizations.weight.original.detach()
         sigma = expected_u @ w.flatten(1).double() @ expected_v
         torch.testing.assert_close(layer.weight.double(), w.double() / sigma, atol=1e-6, rtol=0)
+
+
+def test_spectral_norm_names_what_it_cannot_normalise():
+    with pytest.raises(ValueError, match=r"takes a layer .* got Tensor"):
+        spectral_norm(torch.randn(3, 3))  # was torch's "'Tensor' has no attribute 'weight'"
+    with pytest.raises(ValueError, match=r"this ReLU has none; apply it to the layers"):
+        spectral_norm(nn.ReLU())
+    layer = spectral_norm(nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"already spectrally normalised; .* Call it once"):
+        spectral_norm(layer)  # silently divided by σ twice before
+    assert len(layer.parametrizations.weight) == 1

@@ -51,6 +51,7 @@ def build(name: str, export_only: bool) -> None:
         WEIGHTS_DIR / f"{name}.safetensors",
         dtype=torch.float16,
         keep_discriminator=recipe["keep_discriminator"],
+        overwrite=True,  # rebuilding the shipped file is the point (SHA256SUMS is rewritten)
     )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", flush=True)
 

@@ -13,6 +13,7 @@ from sagan_edu.attention import MultiHeadAttention, SelfAttention2d
 from sagan_edu.checks._common import (
     Tensor,
     _call,
+    _describe,
     _expect_close,
     _expect_dtype,
     _expect_grad,
@@ -207,6 +208,13 @@ def check_self_attention_2d(block_class: Callable[..., nn.Module]) -> None:
     biases; `gamma` a scalar parameter starting at 0. Keys and values are max-pooled pool×pool;
     no division by √d (the authors' released code); y = x + γ·out(o); attention is (B, N, M).
     """
+    name = getattr(block_class, "__name__", type(block_class).__name__)
+    if isinstance(block_class, nn.Module):  # a block built from the class, not the class
+        _fail(
+            f"check_self_attention_2d takes your block's class, but got a {name} already built "
+            f"from it: pass the class itself, check_self_attention_2d({name}), not "
+            f"check_self_attention_2d({name}(...)); the check builds its own blocks"
+        )
     cases = [
         (16, 2, (2, 16, 8, 8), torch.float32),
         (32, 1, (3, 32, 4, 6), torch.float32),  # pool=1: full N×N attention, a non-square map
@@ -223,7 +231,11 @@ def check_self_attention_2d(block_class: Callable[..., nn.Module]) -> None:
             )
             block = _call(block_class, channels, pool=pool, hint=hint)
             if not isinstance(block, nn.Module):
-                _fail(f"{block_class} should build an nn.Module, got {type(block).__name__}")
+                _fail(
+                    f"your {name}({channels}, pool={pool}) returned {_describe(block)}, not an "
+                    "nn.Module: write the block as a class, class MyBlock(nn.Module), and pass "
+                    "the class"
+                )
             reference = SelfAttention2d(channels, pool=pool, spectral_norm=False)
             _copy_block_weights(block, reference, where)
             block, reference = block.to(dtype).eval(), reference.to(dtype).eval()
