@@ -44,7 +44,8 @@ Prepared for the next session that has a GPU (run on the CPU so far, or not at a
     n  seeds 4 and 5 for the CPU cells whose three seeds disagree on the sign of attention's
        effect (the issue's rule: 5 seeds where a cell's seeds disagree): cell d on the CPU
        (local-shapes, the long setting; its greyscale Fréchet distance), cell b on the CPU, both
-       halves of cell l, and cell h: none, 16×16 (ran on the CPU, 2026-11-29). The 400- and
+       halves of cell l, and cell h: none, 16×16; and cell c's attention in G only, whose H200
+       seeds disagreed, as seeds 4 and 5 of cell j (ran on the CPU, 2026-11-29). The 400- and
        1,000-step sweeps (seeds 0-2) are not extended: they were trained with an older training
        step, so new seeds would not belong to their cells.
 """
@@ -130,6 +131,8 @@ def job_list() -> list[Job]:
         jobs += _runs("n", f"g{g_width}-d{d_width}", "twin-shapes", ("none", "16"), setting,
                       seeds=(4, 5))  # fmt: skip
     jobs += _runs("n", "w16-b64", "twin-shapes", ("none", "16"), SMALL_B64, seeds=(4, 5))
+    jobs += _runs("n", "long-gonly", "twin-shapes", ("16",), LONG, "--attention-in", "g",
+                  seeds=(4, 5))  # fmt: skip
     return jobs
 
 
