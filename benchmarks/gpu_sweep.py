@@ -49,6 +49,9 @@ Prepared for the next session that has a GPU (run on the CPU so far, or not at a
        four jobs, which did not fit in that session's time). The 400- and
        1,000-step sweeps (seeds 0-2) are not extended: they were trained with an older training
        step, so new seeds would not belong to their cells.
+    o  seeds 4 and 5 of the whole tuning grid (cell e's ten cells: five rate pairs, none and
+       16×16), because most of the CPU grid's cells had three seeds that disagree on the sign of
+       attention's effect (ran on the CPU, 2026-11-29).
 """
 
 from __future__ import annotations
@@ -134,6 +137,9 @@ def job_list() -> list[Job]:
     jobs += _runs("n", "w16-b64", "twin-shapes", ("none", "16"), SMALL_B64, seeds=(4, 5))
     jobs += _runs("n", "long-gonly", "twin-shapes", ("16",), LONG, "--attention-in", "g",
                   seeds=(4, 5))  # fmt: skip
+    for lr_d, lr_g in rates:
+        jobs += _runs("o", f"tune-lrd{lr_d}-lrg{lr_g}", "twin-shapes", ("none", "16"), SMALL_1000,
+                      "--lr-d", lr_d, "--lr-g", lr_g, "--tuning", seeds=(4, 5))  # fmt: skip
     return jobs
 
 
