@@ -45,8 +45,8 @@ Prepared for the next session that has a GPU (run on the CPU so far, or not at a
        effect (the issue's rule: 5 seeds where a cell's seeds disagree): cell d on the CPU
        (local-shapes, the long setting; its greyscale Fréchet distance), cell b on the CPU, both
        halves of cell l, and cell h: none, 16×16; and cell c's attention in G only, whose H200
-       seeds disagreed, as seeds 4 and 5 of cell j (ran on the CPU, 2026-11-29, except cell h's
-       four jobs, which did not fit in that session's time). The 400- and
+       seeds disagreed, as seeds 4 and 5 of cell j (ran on the CPU, 2026-11-29; cell h's four
+       jobs in a later session the same day). The 400- and
        1,000-step sweeps (seeds 0-2) are not extended: they were trained with an older training
        step, so new seeds would not belong to their cells.
     o  seeds 4 and 5 of the whole tuning grid (cell e's ten cells: five rate pairs, none and
