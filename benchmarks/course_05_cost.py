@@ -69,14 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def notebook_cells() -> dict[str, tuple[int, str]]:
     """name -> (position in the notebook's list of cells, source) for each cell in CELL_STARTS."""
     cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
+    code = [(i, "".join(c["source"])) for i, c in enumerate(cells) if c["cell_type"] == "code"]
     found = {}
     for name, start in CELL_STARTS.items():
-        code = [(i, "".join(c["source"])) for i, c in enumerate(cells) if c["cell_type"] == "code"]
-        matches = [i for i, source in code if source.startswith(start)]
+        matches = [(i, source) for i, source in code if source.startswith(start)]
         if len(matches) != 1:
             raise SystemExit(f"{NOTEBOOK.name}: expected one code cell starting with {start!r}, "
                              f"found {len(matches)}; update CELL_STARTS in {__file__}")  # fmt: skip
-        found[name] = (matches[0], "".join(cells[matches[0]]["source"]))
+        found[name] = matches[0]
     return found
 
 
