@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -384,3 +386,39 @@ def test_attention_cost_runs_on_cpu(tmp_path):
     # C/2 -> C output, γ). With base width 8, G's and D's 16×16 maps have C = 16: 321 weights.
     for net in ("params_G", "params_D"):
         assert rows["16x16"][net] - rows["none"][net] == 1.25 * 16**2 + 1
+
+
+def test_course_05_cost_runs_the_notebook_cells(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAGAN_EDU_FAST", "1")
+    script = load_script("course_05_cost")
+    out = tmp_path / "cost.json"
+    results = script.main(["--rounds", "3", "--json", str(out)])
+
+    assert json.loads(out.read_text()) == results
+    assert results["meta"]["fast_mode"] is True
+    cells = results["meta"]["cells"]  # name -> position in the notebook
+    assert list(cells) == ["setup", "imports", "parameters", "cnn", "cost"]
+    assert list(cells.values()) == sorted(cells.values())  # run in the notebook's order
+    raw = results["raw"]
+    assert raw["timing_rounds"] == 3  # the override, not the notebook's fast value
+    for times in raw["seconds_per_step_per_round"].values():
+        assert len(times["without"]) == len(times["with"]) == 3
+        assert all(positive(t) for t in times["without"] + times["with"])
+    # What the cell printed is what the raw numbers give: the median per-round CPU-time ratio.
+    cpu = raw["seconds_per_step_per_round"]["CPU"]
+    ratios = sorted(w / wo for wo, w in zip(cpu["without"], cpu["with"], strict=True))
+    line = next(x for x in results["printed"] if x.strip().startswith("CPU time"))
+    assert line.split()[2] == f"×{ratios[1]:.2f}"
+    # the block: 1.25·C² multiply-adds per position plus N·M·(C/8 + C/2), C = 32, N = 256, M = 64
+    madds = raw["forward_multiply_adds_per_image"]
+    assert madds["with"] - madds["without"] == 1.25 * 32**2 * 256 + 256 * 64 * (4 + 16)
+    assert raw["saved_for_backward_bytes"]["with"] > raw["saved_for_backward_bytes"]["without"]
+
+
+def test_course_05_cost_keeps_the_recorded_run_in_fast_mode(monkeypatch):
+    monkeypatch.setenv("SAGAN_EDU_FAST", "1")
+    script = load_script("course_05_cost")
+    recorded = (BENCHMARKS / "results" / "course-05-cost.json").read_bytes()
+    with pytest.raises(SystemExit, match="pass --json"):
+        script.main([])
+    assert (BENCHMARKS / "results" / "course-05-cost.json").read_bytes() == recorded

@@ -5,6 +5,9 @@ does: it groups the recorded runs (`benchmarks/results/*.json`) into cells (ever
 the seed), computes mean ± standard deviation over seeds for every score the runs carry, and
 checks that each "a ± b" in the text is one of them. A number typed from memory, or left behind
 when new runs changed a cell, fails here.
+
+The same for notebook 05's cost section: its ratios, times and memory figures are recomputed from
+the per-round times and byte counts in benchmarks/results/course-05-cost.json.
 """
 
 from __future__ import annotations
@@ -112,3 +115,86 @@ def test_readme_row_for_notebook_10_quotes_only_recorded_numbers():
     assert len(quoted) > 5
     recorded = recorded_values()
     assert [q for q in quoted if q not in recorded] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 05, §5: the cost of the block in the small CNN (benchmarks/results/course-05-cost.json)
+
+NOTEBOOK_05 = ROOT / "notebooks" / "05_self_attention_for_images.ipynb"
+RATIO = re.compile(r"×(\d+\.\d+)")  # "×2.08"; not "16×16" (no decimals) and not "×21" (old text)
+
+
+def markdown(notebook: Path) -> str:
+    """The notebook's Markdown, with every run of spaces and line breaks made one space."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    return " ".join(" ".join("".join(c["source"]).split())
+                    for c in cells if c["cell_type"] == "markdown")  # fmt: skip
+
+
+def cost_numbers(record: dict) -> dict[str, str]:
+    """What the record supports, written as notebook 05 writes it: name -> text."""
+    raw = record["raw"]
+    numbers = {"rounds": f"{raw['timing_rounds']} rounds", "steps": f"{raw['timing_steps']} steps"}
+    for clock, times in raw["seconds_per_step_per_round"].items():
+        ratios = [t1 / t0 for t0, t1 in zip(times["without"], times["with"], strict=True)]
+        q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+        for name, value in (("median", median), ("q1", q1), ("q3", q3),
+                            ("min", min(ratios)), ("max", max(ratios))):  # fmt: skip
+            numbers[f"{clock} ratio {name}"] = f"×{value:.2f}"
+        for model, seconds in times.items():
+            numbers[f"{clock} ms {model}"] = f"{1e3 * statistics.median(seconds):.1f}"
+            numbers[f"{clock} ms {model} min"] = f"{1e3 * min(seconds):.1f}"
+            numbers[f"{clock} ms {model} max"] = f"{1e3 * max(seconds):.1f}"
+    madds = raw["forward_multiply_adds_per_image"]
+    numbers["theory ratio"] = f"×{madds['with'] / madds['without']:.2f}"
+    saved = raw["saved_for_backward_bytes"]
+    extra = saved["with"] - saved["without"]
+    block_map = raw["batch"] * 32 * 16 * 16 * 4  # bytes of one (B, 32, 16, 16) float32 map
+    numbers.update({
+        "MiB without": f"{saved['without'] / 2**20:.1f} MiB",
+        "MiB with": f"{saved['with'] / 2**20:.1f} MiB",
+        "MiB extra": f"+{extra / 2**20:.1f} MiB",
+        "maps": f"{extra / block_map:.1f} maps",
+    })  # fmt: skip
+    return numbers
+
+
+def test_the_cost_record_is_a_full_settings_run_of_both_clocks():
+    record = json.loads((RESULTS / "course-05-cost.json").read_text(encoding="utf-8"))
+    assert record["meta"]["fast_mode"] is False
+    raw = record["raw"]
+    assert set(raw["seconds_per_step_per_round"]) == {"wall-clock", "CPU"}
+    for times in raw["seconds_per_step_per_round"].values():
+        assert len(times["without"]) == len(times["with"]) == raw["timing_rounds"] >= 10
+    # The block on a 32-channel 16×16 map, keys pooled to 8×8, adds 1.25·C² multiply-adds per
+    # position (its 1×1 convolutions) and N·M·(C/8 + C/2) (its two products), per image.
+    madds = raw["forward_multiply_adds_per_image"]
+    assert madds["with"] - madds["without"] == 1.25 * 32**2 * 256 + 256 * 64 * (4 + 16)
+
+
+def test_notebook_05_quotes_the_cost_record():
+    record = json.loads((RESULTS / "course-05-cost.json").read_text(encoding="utf-8"))
+    numbers = cost_numbers(record)
+    prose = markdown(NOTEBOOK_05)
+    quoted = [
+        "rounds", "steps", "theory ratio", "MiB without", "MiB with", "MiB extra", "maps",
+        *(f"{clock} ratio {name}" for clock in ("CPU", "wall-clock")
+          for name in ("median", "q1", "q3", "min", "max")),
+        *(f"{clock} ms {model}" for clock in ("CPU", "wall-clock")
+          for model in ("without", "with")),
+        "CPU ms with min", "CPU ms with max",
+    ]  # fmt: skip
+    assert [f"{name}: {numbers[name]}" for name in quoted if numbers[name] not in prose] == []
+    # and no ratio in the prose that the record does not support (say, one left from an old run)
+    supported = {n.removeprefix("×") for n in numbers.values() if n.startswith("×")}
+    assert sorted(set(RATIO.findall(prose)) - supported) == []
+
+
+def test_the_cost_check_rejects_a_changed_round():
+    record = json.loads((RESULTS / "course-05-cost.json").read_text(encoding="utf-8"))
+    before = cost_numbers(record)
+    cpu = record["raw"]["seconds_per_step_per_round"]["CPU"]
+    cpu["with"] = [2 * t for t in cpu["with"]]  # the block twice as slow in every round
+    after = cost_numbers(record)
+    assert after["CPU ratio median"] != before["CPU ratio median"]
+    assert after["CPU ratio median"] not in markdown(NOTEBOOK_05)
