@@ -1208,6 +1208,30 @@ def d_step_with_loss(after_step=False, halve=False):
     return wrong
 
 
+def d_step_leaving_g_frozen(G, D, opt_d, real, z):
+    G.requires_grad_(False)  # keeps gradients out of G, but is never undone
+    loss = d_hinge_loss(D(real), D(G(z)))
+    opt_d.zero_grad()
+    loss.backward()
+    opt_d.step()
+    return loss
+
+
+def g_step_with_loss(after_step=False, detach_logits=False):
+    def wrong(G, D, opt_g, z):
+        logits = D(G(z))
+        loss = -(logits.detach().requires_grad_() if detach_logits else logits).mean()
+        opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()
+        if after_step:
+            with torch.no_grad():
+                return -D(G(z)).mean()
+        return loss
+
+    return wrong
+
+
 def g_step_stepping_twice(G, D, opt_g, z):
     loss = -D(G(z)).mean()
     opt_g.zero_grad()
@@ -1303,7 +1327,10 @@ AUDIT_WRONG = [
     (W.check_discriminator_step, d_step_without_graph_for("fake"), "only the real term"),
     (W.check_discriminator_step, d_step_with_loss(halve=True), "half the hinge loss"),
     (W.check_discriminator_step, d_step_with_loss(after_step=True), r"after opt_d\.step\(\)"),
+    (W.check_discriminator_step, d_step_leaving_g_frozen, r"G\.requires_grad_\(True\)"),
     (W.check_generator_step, g_step_stepping_twice, "step opt_g once"),
+    (W.check_generator_step, g_step_with_loss(after_step=True), r"after opt_g\.step\(\)"),
+    (W.check_generator_step, g_step_with_loss(detach_logits=True), "or D's logits"),
     (W.check_update_ema, ema_with(mix=lambda e, p, d: d * e + p), "weighted by 1 − decay"),
     (W.check_update_ema, ema_tied_buffers, "shares memory with the model's"),
     (W.check_update_ema, ema_as_new_model, "returned a new model"),
@@ -1463,6 +1490,18 @@ def query_map_by_scale_factor(attention, feature_size, query, image_size=None):
     return up / up.sum(dim=(1, 2), keepdim=True)
 
 
+def d_step_freezing_g_and_back(G, D, opt_d, real, z):
+    G.requires_grad_(False)
+    fake = G(z)  # no graph: neither G's weights nor z require grad
+    G.requires_grad_(True)
+    loss = d_hinge_loss(D(real), D(fake))
+    for p in D.parameters():
+        p.grad = None  # what zero_grad(set_to_none=True) does
+    loss.backward()
+    opt_d.step()
+    return loss
+
+
 AUDIT_ALTERNATIVES = [
     (W.check_attention_weights, weights_in_float64_by_einsum),
     (W.check_attention_weights, weights_scaling_scores_in_place),
@@ -1480,6 +1519,7 @@ AUDIT_ALTERNATIVES = [
         lambda r, f: torch.where(r < 1, 1 - r, 0).mean() + (1 + f).relu().mean(),
     ),
     (W.check_discriminator_step, d_step_one_forward),
+    (W.check_discriminator_step, d_step_freezing_g_and_back),
     (W.check_generator_step, g_step_without_freezing),
     (W.check_update_ema, ema_by_data),
     (W.check_update_ema, ema_by_load_state_dict),

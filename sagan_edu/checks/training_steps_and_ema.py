@@ -226,6 +226,12 @@ def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
                     "after your discriminator step some of D's parameters have "
                     "requires_grad=False: leave D trainable"
                 )
+            if any(not p.requires_grad for p in G.parameters()):
+                _fail(
+                    "after your discriminator step G's parameters have requires_grad=False: turn "
+                    "them back on (G.requires_grad_(True)), or the next generator step cannot "
+                    "train G. torch.no_grad() around G(z) needs no undoing"
+                )
             value = _number(loss, "the loss your discriminator step returned")
             if not math.isclose(value, expected, rel_tol=1e-4, abs_tol=1e-5):
                 if math.isclose(value, variants["swapped"], rel_tol=1e-4, abs_tol=1e-5):
@@ -334,6 +340,8 @@ _G_LOSS_MISTAKES = {
     "saturating": "is the original minimax loss, log(1 − sigmoid(D(G(z)))) = −softplus(D(G(z))), "
     "whose gradient vanishes while D easily rejects the fakes; use g_hinge_loss(D(G(z)))",
     "summed": "sums over the batch; take the mean: −mean(D(G(z)))",
+    "after the step": "was computed again after opt_g.step(), with G's new weights: return the "
+    "loss that loss.backward() used, computed before the step",
 }
 
 
@@ -382,6 +390,8 @@ def check_generator_step(generator_step: Callable[..., Any]) -> None:
             finally:
                 watch.handle.remove()
             expected_loss = reference_generator_step(G_ref, D_ref, opt_ref, z)
+            with torch.no_grad():
+                variants["after the step"] = g_hinge_loss(D_ref(G_ref(z))).item()
 
             if not watch.inputs:
                 _fail("your generator step never called G: the G loss scores D(G(z))")
@@ -422,8 +432,8 @@ def check_generator_step(generator_step: Callable[..., Any]) -> None:
                 _fail(
                     f"G's weights did not learn from the loss ({where}): no gradient reached G's "
                     "output. The gradient must reach G through D, so do not detach the fake "
-                    "images or make them under torch.no_grad() in the generator step; then call "
-                    "loss.backward() and opt_g.step()"
+                    "images or D's logits, nor compute them under torch.no_grad(), in the "
+                    "generator step; then call loss.backward() and opt_g.step()"
                 )
             if all(
                 torch.allclose(c, torch.full_like(c, -_LR * _STALE)) for c in got.values()
