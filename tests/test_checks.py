@@ -1292,6 +1292,11 @@ class ColumnMajorBlock(Block):
 
 AUDIT_WRONG = [
     (W.check_attention_weights, lambda q, k: attention_weights(q, k).numpy(), r"no \.numpy\(\)"),
+    (
+        W.check_attention_weights,
+        lambda q, k: torch.softmax(scores(q, k), dim=1),  # the last axis only for 2-D scores
+        "dim=1 is the last axis only without batch dims",
+    ),
     (W.check_scaled_dot_product_attention, sdpa_transposed_weights, "second-to-last"),
     (
         W.check_scaled_dot_product_attention,

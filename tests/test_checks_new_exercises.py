@@ -569,6 +569,12 @@ def lstm_cell_with_forget(keep):
     return wrong
 
 
+def lstm_cell_squashing_all_gates(x, h, c, weight_ih, weight_hh, bias):
+    i, f, g, o = torch.sigmoid(x @ weight_ih.T + h @ weight_hh.T + bias).chunk(4, dim=-1)
+    c_new = f * c + i * torch.tanh(g)  # g went through the sigmoid too
+    return o * torch.tanh(c_new), c_new
+
+
 def lstm_cell_updating_c_in_place(x, h, c, weight_ih, weight_hh, bias):
     i, f, g, o = (x @ weight_ih.T + h @ weight_hh.T + bias).chunk(4, dim=-1)
     c.mul_(torch.sigmoid(f)).add_(torch.sigmoid(i) * torch.tanh(g))  # rewrites the caller's c
@@ -621,6 +627,15 @@ def chunked_into_preallocated_output(q, k, v, chunk_size):
     return out
 
 
+def scaled_by_dividing_gamma_back(block, x, scale):
+    with torch.no_grad():
+        block.gamma.mul_(scale)
+    y = block(x)
+    with torch.no_grad():
+        block.gamma.div_(scale)  # 0 / 0 at scale 0
+    return y
+
+
 def scaled_in_train_mode(block, x, scale):
     block.train()  # spectral norm's power iteration runs, and u changes
     y = block(x)
@@ -652,6 +667,14 @@ AUDIT_WRONG = [
     (checks.check_lstm_cell, lstm_cell_with_forget(lambda f, i: (1 - f, i)), r"\(1 − f\)·c"),
     (checks.check_lstm_cell, lstm_cell_with_forget(lambda f, i: (f, 1 - f)), "as a GRU does"),
     (checks.check_lstm_cell, lstm_cell_updating_c_in_place, "changed argument 3"),
+    (checks.check_lstm_cell, lstm_cell_squashing_all_gates, "through the sigmoid and then tanh"),
+    (
+        checks.check_chunked_attention,
+        lambda q, k, v, c: torch.cat(
+            [torch.softmax(p @ k.mT / math.sqrt(q.shape[-1]), -1) @ v for p in q.split(c)], -2
+        ),  # .split without dim cuts the first dim, the batch
+        "without dim it splits the first dim",
+    ),
     (checks.check_chunked_attention, chunked_by(softmax=exp_then_normalise), "NaN or inf"),
     (checks.check_chunked_attention, chunked_by(first_dim_slices=True), r"q\[\.\.\., start"),
     (checks.check_chunked_attention, chunked_by(as_list=True), r"torch\.cat\(outputs, dim=-2\)"),
@@ -679,6 +702,7 @@ AUDIT_WRONG = [
     ),
     (checks.check_scaled_attention, lambda b, x, s: x + s * b(x), "already contains x"),
     (checks.check_scaled_attention, scaled_in_train_mode, "In training mode every forward pass"),
+    (checks.check_scaled_attention, scaled_by_dividing_gamma_back, "does not undo a scale of 0"),
     (
         checks.check_uniform_attention,
         lambda b, x: x + b.gamma * pooled_values(b, x).mean(dim=(-2, -1), keepdim=True),

@@ -75,12 +75,14 @@ def _blocks(seed: int = 0) -> list[tuple[str, SelfAttention2d, Tensor]]:
 def _expect_block_unchanged(block: SelfAttention2d, before: dict[str, Tensor], what: str) -> None:
     for name, value in block.state_dict().items():
         if not torch.equal(value, before[name]):
-            why = (
-                " In training mode every forward pass runs a step of spectral norm's power "
-                "iteration and updates u: leave the block in eval mode (no block.train())."
-                if name.endswith((".u", ".v"))
-                else ""
-            )
+            why = ""
+            if name.endswith((".u", ".v")):  # spectral norm's power iteration ran
+                why = (
+                    " In training mode every forward pass runs a step of spectral norm's power "
+                    "iteration and updates u: leave the block in eval mode (no block.train())."
+                )
+            elif name == "gamma" and not torch.isfinite(value).all():  # γ·0 / 0
+                why = " Dividing by scale does not undo a scale of 0: save γ and copy it back."
             _fail(
                 f"your {what} changed the block's `{name}` and left it changed: a function that "
                 "ablates attention for one forward pass must leave the model as it found it "

@@ -136,7 +136,9 @@ def check_chunked_attention(chunked_attention: Callable[..., Tensor]) -> None:
                     f"your function made a tensor of shape {tuple(too_big)} ({where}): scores or "
                     f"weights for {too_big[-2]} queries at once, but at most chunk_size = {chunk} "
                     "query rows of scores may exist at any time. Compute q_chunk @ kᵀ for one "
-                    "chunk of queries, use it, and only then move on to the next chunk"
+                    "chunk of queries, use it, and only then move on to the next chunk. Cut "
+                    "along the query axis, dim=-2: q.split(chunk_size, dim=-2) (without dim it "
+                    "splits the first dim) or q[..., start:start + chunk_size, :]"
                 )
             _expect_close(
                 out,

@@ -104,7 +104,8 @@ def _check_weight_values(w: Tensor, q: Tensor, k: Tensor, expected: Tensor, wher
             _fail(
                 f"rows of your attention weights sum to {worst:.2f}, not 1, but the columns sum "
                 "to 1: did you take the softmax over the wrong axis? Each query's weights are a "
-                f"distribution over the keys: softmax(scores, dim=-1) ({where})"
+                f"distribution over the keys: softmax(scores, dim=-1), counted from the end "
+                f"(dim=1 is the last axis only without batch dims) ({where})"
             )
         _fail(
             f"rows of your attention weights sum to {worst:.2f}, not 1 ({where}): each query's "

@@ -88,6 +88,11 @@ _LSTM_MISTAKES = {
         "the candidate cell g must go through tanh (values in (−1, 1), so the cell can also "
         "decrease); only the three gates i, f, o use the sigmoid",
     ),
+    "sigmoid then tanh": (
+        {"g_activation": lambda t: torch.tanh(torch.sigmoid(t))},
+        "your g went through the sigmoid and then tanh: apply the sigmoid to the i, f and o "
+        "blocks only, and tanh straight to the g block's pre-activation",
+    ),
     "no input gate": (
         {"input_gate": False},
         "the new cell adds g without the input gate: c' = f·c + i·g",
