@@ -6,6 +6,7 @@ forgotten mask, transposed heads, ...), and the test asserts the check's message
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -1141,3 +1142,404 @@ def test_a_function_with_the_wrong_parameters_is_told_to_keep_the_stubs():
     with pytest.raises(CheckFailed) as failed:
         checks.check_attention_weights(calls_softmax_wrongly)
     assert "extra" in str(failed.value) and "keep the parameters" not in str(failed.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# An outside-style audit: more plausible mistakes, each named by the check, and more correct
+# but unusual answers, each accepted.
+# ---------------------------------------------------------------------------------------------
+
+
+def sdpa_transposed_weights(q, k, v):
+    w = attention_weights(q, k)
+    return w.transpose(-2, -1) @ v, w  # (Lk, Lq) @ (Lk, dv): the shapes do not fit
+
+
+def masked_out_before_zeroing(q, k, v, mask):
+    s = scores(q, k)
+    mask = mask.expand(s.shape)
+    attends = mask.any(dim=-1, keepdim=True)
+    w = torch.softmax(s.masked_fill(~(mask | ~attends), float("-inf")), dim=-1)
+    return w @ v, w * attends  # out uses the weights before the empty rows are zeroed
+
+
+def sn_sigma_of(flatten, n_fixed=None):
+    """Power iteration on flatten(weight), run n_fixed times if given (ignoring n_iterations)."""
+
+    def wrong(weight, u, n_iterations=1):
+        w = flatten(weight)
+        with torch.no_grad():
+            for _ in range(n_fixed or n_iterations):
+                v = F.normalize(w.t() @ u, dim=0)
+                u = F.normalize(w @ v, dim=0)
+        return weight / torch.dot(u, w @ v), u
+
+    return wrong
+
+
+def d_step_without_graph_for(term):
+    def wrong(G, D, opt_d, real, z):
+        with torch.no_grad():
+            fake = G(z)
+            frozen = D(real) if term == "real" else D(fake)
+        r, f = (frozen, D(fake)) if term == "real" else (D(real), frozen)
+        loss = d_hinge_loss(r, f)
+        opt_d.zero_grad()
+        loss.backward()
+        opt_d.step()
+        return loss
+
+    return wrong
+
+
+def d_step_with_loss(after_step=False, halve=False):
+    def wrong(G, D, opt_d, real, z):
+        with torch.no_grad():
+            fake = G(z)
+        loss = d_hinge_loss(D(real), D(fake)) / (2 if halve else 1)
+        opt_d.zero_grad()
+        loss.backward()
+        opt_d.step()
+        if after_step:
+            with torch.no_grad():
+                return d_hinge_loss(D(real), D(fake))
+        return loss
+
+    return wrong
+
+
+def d_step_leaving_g_frozen(G, D, opt_d, real, z):
+    G.requires_grad_(False)  # keeps gradients out of G, but is never undone
+    loss = d_hinge_loss(D(real), D(G(z)))
+    opt_d.zero_grad()
+    loss.backward()
+    opt_d.step()
+    return loss
+
+
+def g_step_with_loss(after_step=False, detach_logits=False):
+    def wrong(G, D, opt_g, z):
+        logits = D(G(z))
+        loss = -(logits.detach().requires_grad_() if detach_logits else logits).mean()
+        opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()
+        if after_step:
+            with torch.no_grad():
+                return -D(G(z)).mean()
+        return loss
+
+    return wrong
+
+
+def g_step_stepping_twice(G, D, opt_g, z):
+    loss = -D(G(z)).mean()
+    opt_g.zero_grad()
+    loss.backward()
+    opt_g.step()
+    opt_g.step()
+    return loss
+
+
+@torch.no_grad()
+def ema_tied_buffers(ema_model, model, decay):
+    for e, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+        e.lerp_(p, 1 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+        e.data = b.data  # the EMA now uses the model's own tensor
+
+
+@torch.no_grad()
+def ema_as_new_model(ema_model, model, decay):
+    new = copy.deepcopy(ema_model)
+    ema(new, model, decay)
+    return new
+
+
+def query_map_with_variant(**variant):
+    """query_map with one step changed: the sum, the grid or where the query is looked up."""
+
+    def wrong(attention, feature_size, query, image_size=None):
+        H, W = feature_size
+        B, N, M = attention.shape
+        p = round(math.sqrt(N / M))
+        rows, cols = image_size or (H, W)
+        r, c = query[0] * H // rows, query[1] * W // cols
+        n = (r // p) * (W // p) + c // p if variant.get("pooled_query") else r * W + c
+        if variant.get("columns_first"):
+            grid = attention[:, n].reshape(B, 1, W // p, H // p).transpose(-2, -1)
+        else:
+            grid = attention[:, n].reshape(B, 1, H // p, W // p)
+        up = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False)[:, 0]
+        if variant.get("softmax"):
+            return up.flatten(1).softmax(-1).view_as(up)
+        if variant.get("batch_sum"):
+            return up / up.sum()
+        if variant.get("squeeze"):
+            return (up / up.sum(dim=(1, 2), keepdim=True)).squeeze()
+        return up / up.sum(dim=(1, 2), keepdim=True)
+
+    return wrong
+
+
+class ColumnMajorBlock(Block):
+    """Positions numbered column by column: the block run on the transposed map."""
+
+    def forward(self, x):
+        y, attention = super().forward(x.mT)
+        return y.mT, attention
+
+
+AUDIT_WRONG = [
+    (W.check_attention_weights, lambda q, k: attention_weights(q, k).numpy(), r"no \.numpy\(\)"),
+    (
+        W.check_attention_weights,
+        lambda q, k: torch.softmax(scores(q, k), dim=1),  # the last axis only for 2-D scores
+        "dim=1 is the last axis only without batch dims",
+    ),
+    (W.check_scaled_dot_product_attention, sdpa_transposed_weights, "second-to-last"),
+    (
+        W.check_scaled_dot_product_attention,
+        lambda q, k, v: (sdpa(q, k, v)[0] / math.sqrt(q.shape[-1]), attention_weights(q, k)),
+        "divided by √d once more",
+    ),
+    (W.check_masked_attention, masked_out_before_zeroing, "output rows for queries whose mask"),
+    (
+        W.check_self_attention_2d,
+        ColumnMajorBlock,
+        "column by column",
+    ),
+    (
+        W.check_merge_heads,
+        lambda x: x.transpose(2, 3).reshape(x.size(0), x.size(2), -1),
+        r"transpose\(2, 3\)",
+    ),
+    (W.check_spectral_normalise, sn_sigma_of(lambda w: w.flatten(1), n_fixed=1), "1 power iter"),
+    (
+        W.check_spectral_normalise,
+        sn_sigma_of(lambda w: w.reshape(-1, w.shape[0]).t()),
+        "scrambles",
+    ),
+    (
+        W.check_d_hinge_loss,
+        lambda r, f: F.relu(1 - r).mean() - F.relu(1 + f).mean(),
+        "subtracted the fake term",
+    ),
+    (W.check_d_hinge_loss, lambda r, f: F.relu(1 - r).mean() + F.relu(f - 1).mean(), "fake − 1"),
+    (W.check_d_hinge_loss, lambda r, f: (F.relu(1 - r) + F.relu(1 + f)).mean(), "different size"),
+    (W.check_g_hinge_loss, lambda f: -F.relu(f).mean(), "has a relu"),
+    (W.check_discriminator_step, d_step_without_graph_for("real"), "only the fake term"),
+    (W.check_discriminator_step, d_step_without_graph_for("fake"), "only the real term"),
+    (W.check_discriminator_step, d_step_with_loss(halve=True), "half the hinge loss"),
+    (W.check_discriminator_step, d_step_with_loss(after_step=True), r"after opt_d\.step\(\)"),
+    (W.check_discriminator_step, d_step_leaving_g_frozen, r"G\.requires_grad_\(True\)"),
+    (W.check_generator_step, g_step_stepping_twice, "step opt_g once"),
+    (W.check_generator_step, g_step_with_loss(after_step=True), r"after opt_g\.step\(\)"),
+    (W.check_generator_step, g_step_with_loss(detach_logits=True), "or D's logits"),
+    (W.check_update_ema, ema_with(mix=lambda e, p, d: d * e + p), "weighted by 1 − decay"),
+    (W.check_update_ema, ema_tied_buffers, "shares memory with the model's"),
+    (W.check_update_ema, ema_as_new_model, "returned a new model"),
+    (W.check_frechet_distance, lambda a, b: math.sqrt(max(fd(a, b), 0)), "square root of the"),
+    (W.check_query_attention_map, query_map_with_variant(batch_sum=True), "all together"),
+    (W.check_query_attention_map, query_map_with_variant(squeeze=True), r"\.squeeze\(\)"),
+    (W.check_query_attention_map, query_map_with_variant(softmax=True), "with a softmax"),
+    (W.check_query_attention_map, query_map_with_variant(pooled_query=True), "pooled grid"),
+    (W.check_query_attention_map, query_map_with_variant(columns_first=True), r"\(W/p, H/p\)"),
+]
+
+
+@pytest.mark.parametrize(
+    "check, answer, message",
+    AUDIT_WRONG,
+    ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(AUDIT_WRONG)],
+)
+def test_audited_wrong_answers_fail_and_say_why(check, answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        check(answer)
+
+
+def test_the_g_hinge_message_shows_only_the_fake_logits_it_was_given():
+    with pytest.raises(CheckFailed, match="fake logits") as failed:
+        checks.check_g_hinge_loss(lambda f: -1.5 * f.mean())
+    assert "real logits" not in str(failed.value)
+
+
+def weights_in_float64_by_einsum(q, k):
+    s = torch.einsum("...qd,...kd->...qk", q.double(), k.double()) / math.sqrt(q.shape[-1])
+    return s.softmax(dim=-1).to(q.dtype)
+
+
+def weights_scaling_scores_in_place(q, k):
+    s = q @ k.mT
+    s /= math.sqrt(q.shape[-1])  # in place on an intermediate, not on an argument: fine
+    return s.softmax(dim=-1)
+
+
+def masked_by_renormalising(q, k, v, mask):
+    w = torch.softmax(scores(q, k), dim=-1) * mask
+    w = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-30)  # rows with no key stay 0
+    return w @ v, w
+
+
+def masked_with_nan_to_num(q, k, v, mask):
+    w = torch.softmax(scores(q, k).masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)
+    return w @ v, w
+
+
+def masked_by_torchs_fused_attention(q, k, v, mask):
+    w = masked_attention(q, k, v, mask)[1]
+    mask = mask.expand(w.shape)
+    attends = mask.any(dim=-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~attends) * attends
+    return out, w
+
+
+class ChannelsLastBlock(Block):
+    """The block written with permutes, torch.matmul and torch.addcmul; γ of shape (1,)."""
+
+    def __init__(self, channels, pool=2):
+        super().__init__(channels, pool)
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self.max_pool = nn.MaxPool2d(pool)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q = self.query(x).permute(0, 2, 3, 1).reshape(B, H * W, -1)  # (B, N, C/8)
+        k = self.max_pool(self.key(x)).permute(0, 2, 3, 1).reshape(B, -1, C // 8)
+        v = self.max_pool(self.value(x)).permute(0, 2, 3, 1).reshape(B, -1, C // 2)
+        attention = F.softmax(torch.matmul(q, k.permute(0, 2, 1)), dim=2)  # (B, N, M)
+        o = torch.bmm(attention, v).reshape(B, H, W, C // 2).permute(0, 3, 1, 2)
+        return torch.addcmul(x, self.gamma, self.out(o)), attention
+
+
+def sn_eps_and_einsum(weight, u, n_iterations=1):
+    w = weight.flatten(1)
+    with torch.no_grad():
+        for _ in range(n_iterations):
+            v = w.T @ u
+            v = v / (v.norm() + 1e-12)
+            u = w @ v
+            u = u / (u.norm() + 1e-12)
+    return weight / torch.einsum("i,ij,j->", u, w, v), u
+
+
+def d_step_one_forward(G, D, opt_d, real, z):
+    with torch.no_grad():
+        fake = G(z)
+    logits = D(torch.cat([real, fake]))
+    loss = d_hinge_loss(logits[: len(real)], logits[len(real) :])
+    D.zero_grad()
+    loss.backward()
+    opt_d.step()
+    return loss.detach().numpy()  # a NumPy number is still a number
+
+
+def g_step_without_freezing(G, D, opt_g, z):
+    G.zero_grad()
+    D.zero_grad()
+    loss = -D(G(z)).mean()
+    loss.backward()
+    opt_g.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def ema_by_data(ema_model, model, decay):
+    for e, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+        e.data = decay * e.data + (1 - decay) * p.data
+    for e, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+        e.data = b.data.clone()
+
+
+@torch.no_grad()
+def ema_by_load_state_dict(ema_model, model, decay):
+    state, params = model.state_dict(), dict(model.named_parameters())
+    ema_model.load_state_dict(
+        {n: decay * t + (1 - decay) * state[n] if n in params else state[n]
+         for n, t in ema_model.state_dict().items()}
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def ema_by_foreach(ema_model, model, decay):
+    torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def fd_with_numpy(a, b):
+    np = pytest.importorskip("numpy")
+    a, b = a.double().numpy(), b.double().numpy()
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    roots = np.sqrt(np.linalg.eigvals(cov_a @ cov_b).astype(complex)).real.sum()
+    return ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * roots
+
+
+def fd_with_centred_covariances(a, b):
+    def cov(t):
+        centred = t - t.mean(0, keepdim=True)
+        return centred.T @ centred / (t.shape[0] - 1)
+
+    return torch.as_tensor(fd_with(cov=cov)(a, b))  # a 0-d tensor instead of a float
+
+
+def query_map_by_scale_factor(attention, feature_size, query, image_size=None):
+    H, W = feature_size
+    B, N, M = attention.shape
+    p = round(math.sqrt(N / M))
+    rows, cols = image_size or (H, W)
+    n = (query[0] * H // rows) * W + query[1] * W // cols
+    grid = attention[:, n].reshape(B, 1, H // p, W // p)
+    factor = (rows // (H // p), cols // (W // p))
+    up = F.interpolate(grid, scale_factor=factor, mode="bilinear", align_corners=False)[:, 0]
+    return up / up.sum(dim=(1, 2), keepdim=True)
+
+
+def d_step_freezing_g_and_back(G, D, opt_d, real, z):
+    G.requires_grad_(False)
+    fake = G(z)  # no graph: neither G's weights nor z require grad
+    G.requires_grad_(True)
+    loss = d_hinge_loss(D(real), D(fake))
+    for p in D.parameters():
+        p.grad = None  # what zero_grad(set_to_none=True) does
+    loss.backward()
+    opt_d.step()
+    return loss
+
+
+AUDIT_ALTERNATIVES = [
+    (W.check_attention_weights, weights_in_float64_by_einsum),
+    (W.check_attention_weights, weights_scaling_scores_in_place),
+    (W.check_scaled_dot_product_attention, lambda q, k, v: list(sdpa(q, k, v))),
+    (W.check_masked_attention, masked_by_renormalising),
+    (W.check_masked_attention, masked_with_nan_to_num),
+    (W.check_masked_attention, masked_by_torchs_fused_attention),
+    (W.check_self_attention_2d, ChannelsLastBlock),
+    (W.check_split_heads, lambda x, h: x.unflatten(-1, (h, -1)).transpose(-3, -2)),
+    (W.check_merge_heads, lambda x: x.transpose(1, 2).flatten(2)),
+    (W.check_spectral_normalise, sn_eps_and_einsum),
+    (W.check_spectral_normalise, lambda w, u, n=1: sn_sigma_as_norm(w, u, n)),
+    (
+        W.check_d_hinge_loss,
+        lambda r, f: torch.where(r < 1, 1 - r, 0).mean() + (1 + f).relu().mean(),
+    ),
+    (W.check_discriminator_step, d_step_one_forward),
+    (W.check_discriminator_step, d_step_freezing_g_and_back),
+    (W.check_generator_step, g_step_without_freezing),
+    (W.check_update_ema, ema_by_data),
+    (W.check_update_ema, ema_by_load_state_dict),
+    (W.check_update_ema, ema_by_foreach),
+    (W.check_frechet_distance, fd_with_numpy),
+    (W.check_frechet_distance, fd_with_centred_covariances),
+    (W.check_query_attention_map, query_map_by_scale_factor),
+]
+
+
+@pytest.mark.parametrize(
+    "check, answer",
+    AUDIT_ALTERNATIVES,
+    ids=[f"{name(c)}-{i}" for i, (c, _) in enumerate(AUDIT_ALTERNATIVES)],
+)
+def test_audited_right_answers_pass(check, answer, capsys):
+    check(answer)
+    assert f"✅ {check.__name__} passed" in capsys.readouterr().out

@@ -549,3 +549,223 @@ def test_the_checks_accept_the_librarys_ablation_and_the_answers_agree_with_it(c
                 scaled_attention(block, x, scale), library_scaled(block, x, scale)
             )
         torch.testing.assert_close(uniform_attention(block, x), library_uniform(block, x))
+
+
+# ---------------------------------------------------------------------------------------------
+# An outside-style audit: more plausible mistakes, each named by the check, and more correct
+# but unusual answers, each accepted.
+# ---------------------------------------------------------------------------------------------
+
+
+def lstm_cell_with_forget(keep):
+    """keep(f, i): the (old-cell share, candidate share) pair, written the way a slip does."""
+
+    def wrong(x, h, c, weight_ih, weight_hh, bias):
+        i, f, g, o = (x @ weight_ih.T + h @ weight_hh.T + bias).chunk(4, dim=-1)
+        kept, written = keep(torch.sigmoid(f), torch.sigmoid(i))
+        c_new = kept * c + written * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c_new), c_new
+
+    return wrong
+
+
+def lstm_cell_squashing_all_gates(x, h, c, weight_ih, weight_hh, bias):
+    i, f, g, o = torch.sigmoid(x @ weight_ih.T + h @ weight_hh.T + bias).chunk(4, dim=-1)
+    c_new = f * c + i * torch.tanh(g)  # g went through the sigmoid too
+    return o * torch.tanh(c_new), c_new
+
+
+def lstm_cell_updating_c_in_place(x, h, c, weight_ih, weight_hh, bias):
+    i, f, g, o = (x @ weight_ih.T + h @ weight_hh.T + bias).chunk(4, dim=-1)
+    c.mul_(torch.sigmoid(f)).add_(torch.sigmoid(i) * torch.tanh(g))  # rewrites the caller's c
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def chunked_by(softmax=torch.softmax, first_dim_slices=False, as_list=False, cat_dim=-2):
+    def wrong(q, k, v, chunk_size):
+        outputs = []
+        for start in range(0, q.shape[-2], chunk_size):
+            end = start + chunk_size
+            q_chunk = q[start:end] if first_dim_slices else q[..., start:end, :]
+            scores = q_chunk @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            outputs.append(softmax(scores, -1) @ v)
+        return outputs if as_list else torch.cat(outputs, dim=cat_dim)
+
+    return wrong
+
+
+def exp_then_normalise(scores, dim):
+    e = scores.exp()  # overflows to inf for scores in the hundreds
+    return e / e.sum(dim, keepdim=True)
+
+
+def chunked_with_online_softmax(q, k, v, chunk_size, rescale=True):
+    """FlashAttention's order: chunks of keys too, with a running maximum and running sums."""
+    outputs = []
+    for q_chunk in q.split(chunk_size, dim=-2):
+        top = torch.full_like(q_chunk[..., :1], float("-inf"))  # (..., c, 1)
+        total = torch.zeros_like(top)
+        out = torch.zeros(*q_chunk.shape[:-1], v.shape[-1], dtype=q.dtype)
+        for k_chunk, v_chunk in zip(k.split(chunk_size, -2), v.split(chunk_size, -2), strict=True):
+            scores = q_chunk @ k_chunk.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            new_top = torch.maximum(top, scores.amax(dim=-1, keepdim=True))
+            weights = (scores - new_top).exp()
+            shrink = (top - new_top).exp() if rescale else 1.0
+            total = total * shrink + weights.sum(dim=-1, keepdim=True)
+            out = out * shrink + weights @ v_chunk
+            top = new_top
+        outputs.append(out / total)
+    return torch.cat(outputs, dim=-2)
+
+
+def chunked_into_preallocated_output(q, k, v, chunk_size):
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])  # (..., Lq, dv), filled chunk by chunk
+    for start in range(0, q.shape[-2], chunk_size):
+        q_chunk = q[..., start : start + chunk_size, :]
+        weights = torch.softmax(q_chunk @ k.mT / math.sqrt(q.shape[-1]), dim=-1)
+        out[..., start : start + chunk_size, :] = weights @ v
+    return out
+
+
+def scaled_by_dividing_gamma_back(block, x, scale):
+    with torch.no_grad():
+        block.gamma.mul_(scale)
+    y = block(x)
+    with torch.no_grad():
+        block.gamma.div_(scale)  # 0 / 0 at scale 0
+    return y
+
+
+def scaled_in_train_mode(block, x, scale):
+    block.train()  # spectral norm's power iteration runs, and u changes
+    y = block(x)
+    block.eval()
+    return x + scale * (y - x)
+
+
+def scaled_by_restoring_gamma_data(block, x, scale):
+    old = block.gamma.data.clone()
+    block.gamma.data *= scale
+    y = block(x)
+    block.gamma.data = old
+    return y
+
+
+def pooled_values(block, x):
+    v = block.value(x)  # (B, C/2, H, W)
+    return F.max_pool2d(v, block.pool) if block.pool > 1 else v
+
+
+def uniform_by_softmax_of_zeros(block, x):
+    B, _C, H, W = x.shape
+    v = pooled_values(block, x).flatten(2).transpose(1, 2)  # (B, M, C/2)
+    weights = torch.softmax(torch.zeros(B, H * W, v.shape[1], dtype=x.dtype), dim=-1)
+    return x + block.gamma * block.out((weights @ v).transpose(1, 2).reshape(B, -1, H, W))
+
+
+AUDIT_WRONG = [
+    (checks.check_lstm_cell, lstm_cell_with_forget(lambda f, i: (1 - f, i)), r"\(1 − f\)·c"),
+    (checks.check_lstm_cell, lstm_cell_with_forget(lambda f, i: (f, 1 - f)), "as a GRU does"),
+    (checks.check_lstm_cell, lstm_cell_updating_c_in_place, "changed argument 3"),
+    (checks.check_lstm_cell, lstm_cell_squashing_all_gates, "through the sigmoid and then tanh"),
+    (
+        checks.check_chunked_attention,
+        lambda q, k, v, c: torch.cat(
+            [torch.softmax(p @ k.mT / math.sqrt(q.shape[-1]), -1) @ v for p in q.split(c)], -2
+        ),  # .split without dim cuts the first dim, the batch
+        "without dim it splits the first dim",
+    ),
+    (checks.check_chunked_attention, chunked_by(softmax=exp_then_normalise), "NaN or inf"),
+    (checks.check_chunked_attention, chunked_by(first_dim_slices=True), r"q\[\.\.\., start"),
+    (checks.check_chunked_attention, chunked_by(as_list=True), r"torch\.cat\(outputs, dim=-2\)"),
+    (checks.check_chunked_attention, chunked_by(cat_dim=0), r"torch\.cat\(outputs, dim=-2\)"),
+    (
+        checks.check_chunked_attention,
+        lambda q, k, v, c: chunked_with_online_softmax(q, k, v, c, rescale=False),
+        r"exp\(old_max − new_max\)",
+    ),
+    (
+        checks.check_d_nonsaturating_loss,
+        lambda r, f: F.softplus(-r).mean() + F.softplus(-f).mean(),
+        r"−log σ\(fake\) = softplus\(−fake\)",
+    ),
+    (checks.check_d_nonsaturating_loss, lambda r, f: d_loss(r, f) / 2, "half the expected"),
+    (
+        checks.check_d_nonsaturating_loss,
+        lambda r, f: (F.softplus(-r) + F.softplus(f)).mean(),
+        "different sizes",
+    ),
+    (
+        checks.check_optimal_discriminator,
+        lambda p, m: p.div_(p + m).nan_to_num_(0.5),
+        "changed argument 1",
+    ),
+    (checks.check_scaled_attention, lambda b, x, s: x + s * b(x), "already contains x"),
+    (checks.check_scaled_attention, scaled_in_train_mode, "In training mode every forward pass"),
+    (checks.check_scaled_attention, scaled_by_dividing_gamma_back, "does not undo a scale of 0"),
+    (
+        checks.check_uniform_attention,
+        lambda b, x: x + b.gamma * pooled_values(b, x).mean(dim=(-2, -1), keepdim=True),
+        r"block\.out maps it back",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "check, answer, message",
+    AUDIT_WRONG,
+    ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(AUDIT_WRONG)],
+)
+def test_audited_wrong_answers_fail_and_say_why(check, answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        check(answer)
+
+
+def gradient_norms_by_boolean_labels(model, tokens, targets):
+    x = model.embed(tokens).detach().requires_grad_()
+    labelled = targets != IGNORE
+    loss = F.cross_entropy(model.from_embeddings(x)[labelled], targets[labelled])
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad.norm(dim=-1).mean(dim=0)
+
+
+def gradient_norms_by_torch_func(model, tokens, targets):
+    def loss(x):
+        return F.cross_entropy(model.from_embeddings(x).transpose(1, 2), targets)  # (B, C, L)
+
+    return torch.func.grad(loss)(model.embed(tokens).detach()).norm(dim=-1).mean(dim=0)
+
+
+AUDIT_ALTERNATIVES = [
+    (checks.check_lstm_cell, lambda x, h, c, wi, wh, b: torch.lstm_cell(x, (h, c), wi, wh, b)),
+    (checks.check_embedding_gradient_norms, gradient_norms_by_boolean_labels),
+    (checks.check_embedding_gradient_norms, gradient_norms_by_torch_func),
+    (checks.check_chunked_attention, chunked_with_online_softmax),
+    (checks.check_chunked_attention, chunked_into_preallocated_output),
+    (
+        checks.check_d_nonsaturating_loss,
+        lambda r, f: -(F.logsigmoid(r).mean() + F.logsigmoid(-f).mean()),
+    ),
+    (checks.check_g_nonsaturating_loss, lambda f: -F.logsigmoid(f).mean()),
+    (checks.check_optimal_discriminator, lambda p, m: torch.where(p + m == 0, 0.5, p / (p + m))),
+    (checks.check_scaled_attention, scaled_by_restoring_gamma_data),
+    (
+        checks.check_scaled_attention,
+        lambda b, x, s: x + s * (b(x, return_attention=True)[0] - x),
+    ),
+    (checks.check_uniform_attention, uniform_by_softmax_of_zeros),
+    (
+        checks.check_uniform_attention,
+        lambda b, x: x + b.gamma * b.out(F.adaptive_avg_pool2d(pooled_values(b, x), 1)),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "check, answer",
+    AUDIT_ALTERNATIVES,
+    ids=[f"{name(c)}-{i}" for i, (c, _) in enumerate(AUDIT_ALTERNATIVES)],
+)
+def test_audited_right_answers_pass(check, answer, capsys):
+    check(answer)
+    assert f"✅ {check.__name__} passed" in capsys.readouterr().out

@@ -84,6 +84,11 @@ _ERROR_ADVICE = [
         "tensor once, compute everything from it, and differentiate with respect to it.",
     ),
     (
+        "cannot be multiplied",
+        "In a @ b, a's last size must equal b's second-to-last: print both shapes to see which "
+        "operand needs a transpose, or has one too many.",
+    ),
+    (
         "Dimension out of range",
         "A dim index is out of range for a tensor with fewer dimensions: index dims from the "
         "end (dim=-1, -2), and remember that F.normalize's default is dim=1 (use dim=0 for a "
@@ -194,6 +199,11 @@ def _tensor(value: Any, what: str) -> Tensor:
         _fail(
             f"{what} is a Python number ({value!r}); return the tensor itself (no .item() or "
             "float(...)), so that it keeps its dtype and autograd can backpropagate through it"
+        )
+    if type(value).__module__ == "numpy":
+        _fail(
+            f"{what} is a NumPy {type(value).__name__}; return a torch.Tensor: keep to torch "
+            "operations (no .numpy()), so the dtype stays and autograd can backpropagate"
         )
     if not isinstance(value, torch.Tensor):
         _fail(f"{what} should be a torch.Tensor, got {type(value).__name__}")

@@ -75,10 +75,18 @@ def _blocks(seed: int = 0) -> list[tuple[str, SelfAttention2d, Tensor]]:
 def _expect_block_unchanged(block: SelfAttention2d, before: dict[str, Tensor], what: str) -> None:
     for name, value in block.state_dict().items():
         if not torch.equal(value, before[name]):
+            why = ""
+            if name.endswith((".u", ".v")):  # spectral norm's power iteration ran
+                why = (
+                    " In training mode every forward pass runs a step of spectral norm's power "
+                    "iteration and updates u: leave the block in eval mode (no block.train())."
+                )
+            elif name == "gamma" and not torch.isfinite(value).all():  # γ·0 / 0
+                why = " Dividing by scale does not undo a scale of 0: save γ and copy it back."
             _fail(
                 f"your {what} changed the block's `{name}` and left it changed: a function that "
                 "ablates attention for one forward pass must leave the model as it found it "
-                "(if you change γ, put the old value back, e.g. in a try/finally)"
+                f"(if you change γ, put the old value back, e.g. in a try/finally).{why}"
             )
     if block.training:
         _fail(f"your {what} left the block in training mode; it was in eval mode")
@@ -122,6 +130,9 @@ def check_scaled_attention(scaled_attention: Callable[..., Tensor]) -> None:
                          "you scaled the scores before the softmax (a temperature), which changes "
                          "where attention looks; the ablation keeps the weights and scales how "
                          "much of their output is added: y = x + scale·γ·o"),
+                        (x + scale * (x + block.gamma * parts["attended"]),
+                         "you added scale·block(x), but block(x) = x + γ·o already contains x: "
+                         "y = x + scale·(block(x) − x) = x + scale·γ·o"),
                         (x + scale * parts["attended"] if scale != 0 else None,
                          "you dropped γ: the block adds γ·o, and the ablation scales that, "
                          "y = x + scale·γ·o"),
@@ -147,7 +158,11 @@ def check_uniform_attention(uniform_attention: Callable[..., Tensor]) -> None:
             parts = _block_parts(block, x)
             expected = x + block.gamma * parts["uniform"]
             before = copy.deepcopy(block.state_dict())
-            got = _output(_call(uniform_attention, block, x.clone()), "your function")
+            hint = (
+                "o, the mean of the pooled values, has C/2 channels (block.value's output); "
+                "block.out maps it back to C channels: y = x + γ·block.out(o)."
+            )
+            got = _output(_call(uniform_attention, block, x.clone(), hint=hint), "your function")
             _expect_block_unchanged(block, before, "function")
             if got.shape != x.shape:
                 _fail(

@@ -68,6 +68,8 @@ def _chunk_cases(seed: int = 0) -> list[tuple[Tensor, Tensor, Tensor, int]]:
         ((2, 12, 16), (2, 13, 16), (2, 13, 5), 1),  # one query at a time
     ]
     cases = [(*(_randn(*s, gen=gen) for s in triple), chunk) for *triple, chunk in shapes]
+    q, k, v = (_randn(*s, gen=gen) for s in ((2, 10, 16), (2, 11, 16), (2, 11, 3)))
+    cases.append((20 * q, 20 * k, v, 4))  # scores in the hundreds: exp() overflows without care
     q, k, v = (_randn(*s, gen=gen, dtype=torch.float64) for s in ((10, 4), (9, 4), (9, 2)))
     cases.append((q, k, v, 4))
     return cases
@@ -79,6 +81,13 @@ def _scores_too_big(shapes: list[torch.Size], lq: int, lk: int, chunk: int) -> t
         if len(shape) >= 2 and shape[-1] == lk and shape[-2] > chunk and shape[-2] <= lq:
             return shape
     return None
+
+
+_HINT = (
+    "Slice the query axis, counted from the end: q[..., start:start + chunk_size, :] (q[start:"
+    "start + chunk_size] slices the first dim, the batch), and join the chunks' outputs with "
+    "torch.cat(outputs, dim=-2)."
+)
 
 
 @checked
@@ -94,7 +103,12 @@ def check_chunked_attention(chunked_attention: Callable[..., Tensor]) -> None:
             lq, lk = q.shape[-2], k.shape[-2]
             expected = scaled_dot_product_attention(q, k, v)[0]
             with TensorRecorder() as recorder:
-                out = _call(chunked_attention, q.clone(), k.clone(), v.clone(), chunk)
+                out = _call(chunked_attention, q.clone(), k.clone(), v.clone(), chunk, hint=_HINT)
+            if isinstance(out, list | tuple):
+                _fail(
+                    f"your function returned a {type(out).__name__} of {len(out)} things; join "
+                    "the chunks' outputs into one tensor, torch.cat(outputs, dim=-2)"
+                )
             out = _tensor(out, "your output")
             if out.shape != expected.shape:
                 if out.shape[:-2] == expected.shape[:-2] and out.shape[-2] < lq:
@@ -110,13 +124,21 @@ def check_chunked_attention(chunked_attention: Callable[..., Tensor]) -> None:
                     "torch.cat(..., dim=-2)"
                 )
             _expect_dtype(out, q.dtype, "your output")
+            if not torch.isfinite(out).all():
+                _fail(
+                    f"your output contains NaN or inf ({where}, scores in the hundreds): exp() "
+                    "overflows. Subtract each row's maximum score before exp (softmax is "
+                    "unchanged by that), or use torch.softmax"
+                )
             too_big = _scores_too_big(recorder.shapes, lq, lk, chunk)
             if too_big is not None:
                 _fail(
                     f"your function made a tensor of shape {tuple(too_big)} ({where}): scores or "
                     f"weights for {too_big[-2]} queries at once, but at most chunk_size = {chunk} "
                     "query rows of scores may exist at any time. Compute q_chunk @ kᵀ for one "
-                    "chunk of queries, use it, and only then move on to the next chunk"
+                    "chunk of queries, use it, and only then move on to the next chunk. Cut "
+                    "along the query axis, dim=-2: q.split(chunk_size, dim=-2) (without dim it "
+                    "splits the first dim) or q[..., start:start + chunk_size, :]"
                 )
             _expect_close(
                 out,
@@ -139,8 +161,9 @@ def check_chunked_attention(chunked_attention: Callable[..., Tensor]) -> None:
             _expect_grad(g, r, name, _shapes(q=q, k=k, v=v))
     _passed(
         "check_chunked_attention",
-        "outputs equal full attention on 5 inputs (a short last chunk, batch and heads, "
-        "chunk_size 1, float64), never more than chunk_size rows of scores, gradients.",
+        "outputs equal full attention on 6 inputs (a short last chunk, batch and heads, "
+        "chunk_size 1, scores in the hundreds, float64), never more than chunk_size rows of "
+        "scores, gradients.",
     )
 
 
@@ -154,6 +177,13 @@ def _chunk_mistakes(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> list[tuple[A
         for i in range(0, lk, chunk)
     )
     return [
+        (
+            _running_softmax_without_rescaling(q, k, v, chunk) if lk > chunk else None,
+            "you walked over chunks of keys with a running maximum but did not rescale what you "
+            "had summed so far when the maximum grew: multiply the running sum and output by "
+            "exp(old_max − new_max) at each step. (Simpler: chunk only the queries; each chunk "
+            "of queries sees every key)",
+        ),
         (
             scaled_dot_product_attention(q, k, v, scale=1.0)[0],
             f"your scores are not scaled: divide q_chunk @ kᵀ by √d = √{d}",
@@ -176,3 +206,18 @@ def _chunk_mistakes(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> list[tuple[A
             "chunk of queries has all it needs",
         ),
     ]
+
+
+def _running_softmax_without_rescaling(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
+    """Online softmax over chunks of keys that forgets to rescale the running sums."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
+    running_max = torch.full_like(scores[..., :1], float("-inf"))  # (..., Lq, 1)
+    total = torch.zeros_like(running_max)
+    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)  # (..., Lq, dv)
+    for i in range(0, k.shape[-2], chunk):
+        s = scores[..., i : i + chunk]
+        running_max = torch.maximum(running_max, s.amax(dim=-1, keepdim=True))
+        weights = (s - running_max).exp()
+        total = total + weights.sum(dim=-1, keepdim=True)
+        out = out + weights @ v[..., i : i + chunk, :]
+    return out / total

@@ -104,7 +104,8 @@ def _check_weight_values(w: Tensor, q: Tensor, k: Tensor, expected: Tensor, wher
             _fail(
                 f"rows of your attention weights sum to {worst:.2f}, not 1, but the columns sum "
                 "to 1: did you take the softmax over the wrong axis? Each query's weights are a "
-                f"distribution over the keys: softmax(scores, dim=-1) ({where})"
+                f"distribution over the keys: softmax(scores, dim=-1), counted from the end "
+                f"(dim=1 is the last axis only without batch dims) ({where})"
             )
         _fail(
             f"rows of your attention weights sum to {worst:.2f}, not 1 ({where}): each query's "
@@ -212,7 +213,12 @@ def check_scaled_dot_product_attention(
                         v.mean(-2, keepdim=True).expand_as(expected_out),
                         "your output is the plain average of the values: weight them with the "
                         "attention weights (weights @ v)",
-                    )
+                    ),
+                    (
+                        expected_out / math.sqrt(q.shape[-1]),
+                        "your output is divided by √d once more: the √d scaling belongs to the "
+                        "scores before the softmax, and the output is plain weights @ v",
+                    ),
                 ],
                 advice="The output is weights @ v: row i mixes v's rows with query i's weights.",
             )
@@ -294,7 +300,14 @@ def check_masked_attention(
                     f"your output has NaN in the rows of queries whose mask is all False "
                     f"({where}): such a query attends to nothing, so its output row must be 0"
                 )
-            _expect_close(out, expected_out, "your output", where, advice="out = weights @ v.")
+            _expect_close(
+                out,
+                expected_out,
+                "your output",
+                where,
+                mistakes=_empty_rows_not_zeroed(q, k, v, mask, expected_out),
+                advice="out = weights @ v.",
+            )
 
         # Gradients, through fully masked rows too: they must be finite (zero for those rows).
         _description, q, k, v, mask = _mask_cases()[2]
@@ -318,6 +331,25 @@ def check_masked_attention(
         "causal, padding and random masks (broadcast over batch and heads), fully masked rows "
         "give zeros and no NaN, gradients finite and right.",
     )
+
+
+def _empty_rows_not_zeroed(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, expected_out: Tensor
+) -> list[tuple[Tensor, str]]:
+    """Outputs whose fully masked rows were left as the softmax made them, before zeroing: over
+    an all-True stand-in mask (plain attention) or over a -1e9 fill (uniform: v's mean)."""
+    empty = ~mask.any(dim=-1, keepdim=True)  # (..., Lq, 1), broadcasts to the output
+    explanation = (
+        "your output rows for queries whose mask row is all False are not 0 (those queries "
+        "attend to nothing): zero them too, e.g. compute out = weights @ v from the weights "
+        "after zeroing those rows"
+    )
+    unmasked = scaled_dot_product_attention(q, k, v)[0]
+    uniform = v.mean(dim=-2, keepdim=True)
+    return [
+        (torch.where(empty, unmasked, expected_out), explanation),
+        (torch.where(empty, uniform, expected_out), explanation),
+    ]
 
 
 def _empty_row_weights(q: Tensor, k: Tensor, mask: Tensor, attends: Tensor) -> Tensor:

@@ -16,9 +16,11 @@ from sagan_edu.checks._common import (
     _expect_close,
     _fail,
     _fixed_seed,
+    _lost_unit_dims,
     _number,
     _passed,
     _randn,
+    _squeeze_advice,
     _tensor,
     checked,
 )
@@ -104,6 +106,11 @@ def _fd_variants(a: Tensor, b: Tensor) -> list[tuple[float, str]]:
             "full covariance matrices, torch.cov(features.T)",
         ),
         (mu + tr, "the cross term −2·Tr((Σ_a Σ_b)^½) is missing"),
+        (
+            math.sqrt(max(reference_frechet_distance(a, b), 0.0)),
+            "you took the square root of the whole expression; the Fréchet distance as FID "
+            "reports it is the squared distance ‖μ_a − μ_b‖² + Tr(…), with no root at the end",
+        ),
         (
             mu + tr - 2 * (cov_a @ cov_b).diagonal().sqrt().sum().item(),
             "torch.sqrt works entry by entry, but (Σ_a Σ_b)^½ is the matrix square root: e.g. "
@@ -264,6 +271,9 @@ def _query_map_variant(
     rescale_query: bool = True,
     use_column: bool = False,
     query_rule: str = "floor",
+    query_on_pooled_grid: bool = False,
+    grid_columns_first: bool = False,
+    normalise: str = "sum",
 ) -> Tensor | None:
     """query_attention_map, with one thing done the way a common mistake does it."""
     H, W = feature_size
@@ -272,12 +282,19 @@ def _query_map_variant(
     rows, cols = image_size or (H, W)
     r, c = _query_on_features(feature_size, query, image_size, query_rule if rescale_query else "")
     n = c * H + r if column_major else r * W + c
+    if query_on_pooled_grid:  # as if queries were pooled like the keys
+        n = (r // pool) * (W // pool) + c // pool
     if n >= N or (use_column and M != N):
         return None
     row = attention[:, :, n] if use_column else attention[:, n]
-    grid = row.reshape(B, 1, H // pool, W // pool).float()
+    if grid_columns_first:
+        grid = row.reshape(B, 1, W // pool, H // pool).transpose(-2, -1).float()
+    else:
+        grid = row.reshape(B, 1, H // pool, W // pool).float()
     kwargs = {"align_corners": align_corners} if mode in ("bilinear", "bicubic") else {}
     up = F.interpolate(grid, size=(rows, cols), mode=mode, **kwargs)[:, 0]
+    if normalise == "softmax":
+        return up.flatten(1).softmax(dim=-1).view_as(up)
     return up / up.sum(dim=(1, 2), keepdim=True)
 
 
@@ -348,12 +365,20 @@ def check_query_attention_map(query_attention_map_fn: Callable[..., Tensor]) -> 
                     _explain_out_of_range(err, attention, feature_size, query, image_size, where)
                 raise
             got = _tensor(got, "your map")
+            if _lost_unit_dims(got.shape, expected.shape):
+                _fail(_squeeze_advice("your map", got.shape, expected.shape, where))
             if got.shape != expected.shape:
                 _fail(
                     f"your map has shape {tuple(got.shape)}, expected {tuple(expected.shape)} = "
                     f"(B, rows, cols) ({where})"
                 )
             sums = got.detach().double().sum(dim=(1, 2))
+            if len(sums) > 1 and math.isclose(sums.sum().item(), 1.0, abs_tol=1e-4):
+                _fail(
+                    f"your maps sum to 1 all together, not one by one ({where}): divide each "
+                    "map by its own sum, up.sum(dim=(1, 2), keepdim=True), not by the sum over "
+                    "the whole batch"
+                )
             if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
                 _fail(
                     f"your map sums to {sums[0].item():.3g}, not 1 ({where}): upsampling changes "
@@ -391,6 +416,25 @@ def check_query_attention_map(query_attention_map_fn: Callable[..., Tensor]) -> 
                         "you upsampled with mode='bicubic'; the reference uses bilinear "
                         "(F.interpolate(..., mode='bilinear', align_corners=False)), which never "
                         "overshoots below 0",
+                    ),
+                    (
+                        _query_map_variant(**variant, normalise="softmax"),
+                        "you normalised with a softmax, which re-weights the map (exp of "
+                        "probabilities); divide by the sum instead, so the upsampled weights "
+                        "keep their proportions",
+                    ),
+                    (
+                        _query_map_variant(**variant, query_on_pooled_grid=True)
+                        if attention.shape[1] != attention.shape[2]
+                        else None,
+                        "you looked the query up on the pooled grid; only keys and values are "
+                        "pooled, queries are not: the query's row is n = r·W + c on the full "
+                        "H×W feature map",
+                    ),
+                    (
+                        _query_map_variant(**variant, grid_columns_first=True),
+                        "you laid the row out as a (W/p, H/p) grid and transposed it; the keys "
+                        "are numbered row by row, so reshape straight to (B, 1, H/p, W/p)",
                     ),
                     (
                         _query_map_variant(**variant, align_corners=True),

@@ -125,7 +125,15 @@ def check_merge_heads(merge_heads: Callable[[Tensor], Tensor]) -> None:
                         "your merge interleaves the heads' features; put head h's features at "
                         "h·head_dim … (h+1)·head_dim − 1: x.transpose(1, 2).reshape(B, L, E)",
                     ),
+                    (
+                        x.transpose(2, 3).reshape(B, L, E),
+                        "you swapped L and head_dim (transpose(2, 3)); the axis to move is the "
+                        "heads, next to the positions: x.transpose(1, 2) gives (B, L, heads, "
+                        "head_dim), then reshape",
+                    ),
                 ],
+                advice="merge_heads undoes split_heads: x.transpose(1, 2).reshape(B, L, "
+                "heads·head_dim).",
             )
             if not torch.equal(got, original):
                 _fail(f"merge_heads(split_heads(x)) does not give x back ({where})")
@@ -328,6 +336,7 @@ def _check_block_attention(
         q = reference.query(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
         k = max_pool(reference.key(x)).flatten(2).transpose(1, 2)  # (B, M, C/8)
         keys_first = torch.softmax(k @ q.transpose(1, 2), dim=-1)  # (B, M, N)
+        by_columns = _sagan_parts(reference, x.transpose(2, 3), max_pool, 1.0)[0]
     _expect_close(
         attention,
         expected,
@@ -348,6 +357,11 @@ def _check_block_attention(
                 "your attention is k @ qᵀ: rows are keys and the softmax runs over the queries. "
                 "Rows must be the N query positions, each a softmax over the keys: softmax(q @ "
                 "kᵀ, dim=-1)",
+            ),
+            (
+                by_columns,
+                "your positions are numbered column by column; number them row by row, n = "
+                "row·W + col, which is what t.flatten(2) on (B, c, H, W) gives",
             ),
         ],
         advice="attention = softmax(q kᵀ) with q (B, N, C/8) from the query conv and k (B, M, "

@@ -60,6 +60,8 @@ def _cell_variant(
     new_cell_in_h: bool = True,
     recurrent: bool = True,
     bias_twice: bool = False,
+    one_minus_f: bool = False,
+    coupled: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """An LSTM step written out, with one thing done the way a common mistake does it."""
     gates = x @ weight_ih.T + bias + (h @ weight_hh.T if recurrent else 0)  # (B, 4H)
@@ -67,7 +69,9 @@ def _cell_variant(
     chunks = dict(zip(order, gates.chunk(4, dim=-1), strict=True))
     i, f, o = (torch.sigmoid(chunks[name]) for name in "ifo")
     g = g_activation(chunks["g"])
-    c_new = f * c + (i * g if input_gate else g)  # (B, H)
+    if coupled:  # a GRU-style update: one gate for forgetting and writing
+        i = 1 - f
+    c_new = (1 - f if one_minus_f else f) * c + (i * g if input_gate else g)  # (B, H)
     cell = c_new if new_cell_in_h else c
     h_new = o * (torch.tanh(cell) if tanh_on_cell else cell)
     return h_new, c_new
@@ -83,6 +87,11 @@ _LSTM_MISTAKES = {
         {"g_activation": torch.sigmoid},
         "the candidate cell g must go through tanh (values in (−1, 1), so the cell can also "
         "decrease); only the three gates i, f, o use the sigmoid",
+    ),
+    "sigmoid then tanh": (
+        {"g_activation": lambda t: torch.tanh(torch.sigmoid(t))},
+        "your g went through the sigmoid and then tanh: apply the sigmoid to the i, f and o "
+        "blocks only, and tanh straight to the g block's pre-activation",
     ),
     "no input gate": (
         {"input_gate": False},
@@ -100,6 +109,16 @@ _LSTM_MISTAKES = {
         {"bias_twice": True},
         "you added the bias twice (once per matrix product); here `bias` is already the sum of "
         "nn.LSTM's two biases: x @ weight_ihᵀ + h @ weight_hhᵀ + bias",
+    ),
+    "1 - f": (
+        {"one_minus_f": True},
+        "your cell keeps (1 − f)·c; the forget gate is the share of the old cell that is kept: "
+        "c' = f·c + i·g (f near 1 remembers)",
+    ),
+    "coupled": (
+        {"coupled": True},
+        "your cell writes (1 − f)·g, coupling writing to forgetting as a GRU does; the LSTM has "
+        "its own input gate: c' = f·c + i·g, i = σ(the first block of gate rows)",
     ),
     "no recurrence": (
         {"recurrent": False},

@@ -149,6 +149,15 @@ def _sn_weight_mistakes(
             "reference: σ = uᵀWv with the v and u of the last iteration, v first, then u",
         ),
         (
+            _power_iteration_variant(weight, u, 1)[0] if n > 1 else None,
+            f"you ran 1 power iteration for n_iterations={n}: loop for _ in range(n_iterations)",
+        ),
+        (
+            _divided_by_sigma_of(weight.reshape(-1, weight.shape[0]).t(), weight, u, n),
+            "your W is weight.reshape(-1, out).t(), which scrambles the weight's entries: a "
+            "reshape keeps the memory order. Use W = weight.flatten(1) (= weight.reshape(out, -1))",
+        ),
+        (
             (w / exact).to(weight.dtype),
             "you divided by the exact largest singular value (an SVD or matrix_norm(ord=2)); "
             "the exercise asks for the power-iteration estimate σ = uᵀWv after n_iterations "
@@ -295,6 +304,13 @@ def check_spectral_normalise(
     )
 
 
+def _divided_by_sigma_of(matrix: Tensor, weight: Tensor, u: Tensor, n: int) -> Tensor:
+    """weight divided by the power-iteration σ of another (out, ·) matrix made from it."""
+    normalised, _ = _power_iteration_variant(matrix, u, n)
+    sigma = matrix.double().norm() / normalised.double().norm()
+    return (weight.double() / sigma).to(weight.dtype)
+
+
 def _power_iteration_times_sigma(weight: Tensor, u: Tensor, n: int) -> Tensor:
     normalised, _ = _library_spectral_normalise(weight, u, n)
     with torch.no_grad():
@@ -331,9 +347,9 @@ def _logit_cases(seed: int = 0) -> list[tuple[str, Tensor, Tensor]]:
 
 
 def _first_wrong_loss(
-    results: list[tuple[str, Tensor, Tensor, Tensor]],
-    expected: Callable[[Tensor, Tensor], Tensor],
-    mistakes: list[tuple[Callable[[Tensor, Tensor], Tensor], str]],
+    results: list[tuple[str, Tensor | None, Tensor, Tensor]],
+    expected: Callable[[Tensor | None, Tensor], Tensor],
+    mistakes: list[tuple[Callable[[Tensor | None, Tensor], Tensor], str]],
     what: str,
     advice: str,
 ) -> None:
@@ -347,10 +363,12 @@ def _first_wrong_loss(
         for mistake, explanation in mistakes:
             if all(_close(got, mistake(r, f)) for _, r, f, got in results):
                 _fail(f"{explanation}\n  (Seen for {where}.)")
+        shown = f"fake logits {[round(x, 3) for x in fake.tolist()]}"
+        if real is not None:
+            shown = f"real logits {[round(x, 3) for x in real.tolist()]}, {shown}"
         _fail(
-            f"{what} is {loss.item():.5g}, expected {want.item():.5g} for {where}, real logits "
-            f"{[round(x, 3) for x in real.tolist()]}, fake logits "
-            f"{[round(x, 3) for x in fake.tolist()]}.\n  {advice}"
+            f"{what} is {loss.item():.5g}, expected {want.item():.5g} for {where}, {shown}."
+            f"\n  {advice}"
         )
 
 
@@ -386,6 +404,16 @@ _D_HINGE_MISTAKES = [
         "below −1",
     ),
     (
+        lambda r, f: F.relu(1 - r).mean() - F.relu(1 + f).mean(),
+        "you subtracted the fake term; both hinge terms are penalties D minimises, so add them: "
+        "mean(relu(1 − real)) + mean(relu(1 + fake))",
+    ),
+    (
+        lambda r, f: F.relu(1 - r).mean() + F.relu(f - 1).mean(),
+        "your fake term is relu(fake − 1), which only pushes fake logits below +1; D wants them "
+        "below −1: relu(1 + fake)",
+    ),
+    (
         lambda r, f: d_hinge_loss(r, f) / 2,
         "your loss is half the expected value: add the two means, don't average them",
     ),
@@ -406,6 +434,12 @@ _D_HINGE_MISTAKES = [
 ]
 
 
+_BATCH_SIZES_HINT = (
+    "The real and fake batches can have different sizes: take one mean per batch and add the two "
+    "means, rather than combining the two tensors elementwise."
+)
+
+
 @checked
 def check_d_hinge_loss(d_hinge_loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Exercise 6a: `d_hinge_loss(real_logits, fake_logits)` = mean(relu(1 − real)) + "
@@ -415,7 +449,9 @@ def check_d_hinge_loss(d_hinge_loss_fn: Callable[[Tensor, Tensor], Tensor]) -> N
         results = []
         for description, real, fake in _logit_cases():
             where = f"{description}: real {tuple(real.shape)}, fake {tuple(fake.shape)}"
-            loss = _scalar_loss(_call(fn, real.clone(), fake.clone()), "your D loss")
+            loss = _scalar_loss(
+                _call(fn, real.clone(), fake.clone(), hint=_BATCH_SIZES_HINT), "your D loss"
+            )
             _expect_dtype(loss, real.dtype, "your D loss")
             results.append((where, real, fake, loss))
         _first_wrong_loss(
@@ -460,6 +496,11 @@ _G_HINGE_MISTAKES = [
         "−mean(D(fake))",
     ),
     (lambda f: -f.sum(), "you summed over the batch; take the mean"),
+    (
+        lambda f: -F.relu(f).mean(),
+        "your G loss has a relu, −mean(relu(fake)): fakes that D scores below 0 then give G no "
+        "gradient at all, though they are the ones to improve. Use −mean(fake), no relu",
+    ),
 ]
 
 
@@ -473,7 +514,7 @@ def check_g_hinge_loss(g_hinge_loss_fn: Callable[[Tensor], Tensor]) -> None:
             where = f"{description}: fake {tuple(fake.shape)}"
             loss = _scalar_loss(_call(fn, fake.clone()), "your G loss")
             _expect_dtype(loss, fake.dtype, "your G loss")
-            results.append((where, fake, fake, loss))
+            results.append((where, None, fake, loss))
         _first_wrong_loss(
             results,
             lambda _, f: g_hinge_loss(f),

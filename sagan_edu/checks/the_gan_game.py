@@ -110,6 +110,15 @@ _D_MISTAKES = [
         "−log(1 − σ(fake)) = softplus(fake)",
     ),
     (
+        lambda r, f: F.softplus(-r).mean() + F.softplus(-f).mean(),
+        "you scored the fakes as if they were real, −log σ(fake) = softplus(−fake); D wants "
+        "them called fake: −log(1 − σ(fake)) = softplus(fake)",
+    ),
+    (
+        lambda r, f: d_nonsaturating_loss(r, f) / 2,
+        "your loss is half the expected value: add the real and fake terms, don't average them",
+    ),
+    (
         lambda r, f: torch.cat([F.softplus(-r), F.softplus(f)]).mean(),
         "you took one mean over real and fake together; the loss is the sum of two means, one "
         "per batch (equal to twice your value when the batches have the same size)",
@@ -148,7 +157,11 @@ def check_d_nonsaturating_loss(d_loss: Callable[[Tensor, Tensor], Tensor]) -> No
         results = []
         for description, real, fake in _logit_pairs():
             where = f"{description}: real {tuple(real.shape)}, fake {tuple(fake.shape)}"
-            loss = _scalar_loss(_call(d_loss, real.clone(), fake.clone()), "your D loss")
+            hint = (
+                "The real and fake batches can have different sizes: take one mean per batch and "
+                "add the two means, rather than combining the two tensors elementwise."
+            )
+            loss = _scalar_loss(_call(d_loss, real.clone(), fake.clone(), hint=hint), "your D loss")
             _expect_dtype(loss, real.dtype, "your D loss")
             results.append((where, real, fake, loss))
         _check_losses(

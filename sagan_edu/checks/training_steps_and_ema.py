@@ -185,7 +185,7 @@ def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
             G, D = _tiny_gan(seed=step)
             real, z = _randn(batch, *_IMAGE, gen=gen), _randn(batch, _Z_DIM, gen=gen)
             where = f"batch of {batch}, tiny G and D, SGD with lr={_LR}"
-            G_ref, D_ref = copy.deepcopy(G), copy.deepcopy(D)
+            G_ref, D_ref, D_start = copy.deepcopy(G), copy.deepcopy(D), copy.deepcopy(D)
             variants = _d_loss_variants(G, D, real, z)
             opt_d = torch.optim.SGD(D.parameters(), lr=_LR)
             opt_ref = torch.optim.SGD(D_ref.parameters(), lr=_LR)
@@ -201,6 +201,8 @@ def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
             finally:
                 watch.handle.remove()
             expected = reference_discriminator_step(G_ref, D_ref, opt_ref, real, z).item()
+            with torch.no_grad():
+                variants["after the step"] = d_hinge_loss(D_ref(real), D_ref(G_ref(z))).item()
 
             if not watch.inputs:
                 _fail("your discriminator step never called G: the fake images are G(z)")
@@ -223,6 +225,12 @@ def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
                 _fail(
                     "after your discriminator step some of D's parameters have "
                     "requires_grad=False: leave D trainable"
+                )
+            if any(not p.requires_grad for p in G.parameters()):
+                _fail(
+                    "after your discriminator step G's parameters have requires_grad=False: turn "
+                    "them back on (G.requires_grad_(True)), or the next generator step cannot "
+                    "train G. torch.no_grad() around G(z) needs no undoing"
                 )
             value = _number(loss, "the loss your discriminator step returned")
             if not math.isclose(value, expected, rel_tol=1e-4, abs_tol=1e-5):
@@ -252,6 +260,15 @@ def check_discriminator_step(discriminator_step: Callable[..., Any]) -> None:
                     f"D's weights did not change ({where}): call opt_d.zero_grad(), "
                     "loss.backward() and opt_d.step(), in this order"
                 )
+            for term in ("real", "fake"):
+                if _same_changes(got, _update_from_one_term(D_start, G_ref, real, z, term)):
+                    other = "fake" if term == "real" else "real"
+                    _fail(
+                        f"only the {term} term of your loss reached D's weights ({where}): "
+                        f"D({other}) was computed without a graph (under torch.no_grad() or "
+                        f"detached). Only the fakes G(z) go under torch.no_grad(); D must learn "
+                        "from both of its outputs"
+                    )
             stale = {n: c - _LR * _STALE for n, c in want.items()}
             if _same_changes(got, stale):
                 _fail(
@@ -280,7 +297,25 @@ _D_LOSS_MISTAKES = {
     "no relu": "has no relu: (1 − D(real)).mean() + (1 + D(fake)).mean() keeps rewarding D for "
     "logits far beyond the margins; use d_hinge_loss(D(real), D(fake))",
     "summed": "sums over the batch; the hinge loss takes the mean (d_hinge_loss does)",
+    "halved": "is half the hinge loss: add the real and fake terms, don't average them",
+    "after the step": "was computed again after opt_d.step(), with D's new weights: return the "
+    "loss that loss.backward() used, computed before the step",
 }
+
+
+def _update_from_one_term(
+    D: nn.Module, G: nn.Module, real: Tensor, z: Tensor, term: str
+) -> dict[str, Tensor]:
+    """How D's weights move when only the real or only the fake hinge term reaches them."""
+    D = copy.deepcopy(D)
+    before = _snapshot(D)
+    opt = torch.optim.SGD(D.parameters(), lr=_LR)
+    with torch.no_grad():
+        fake = G(z)
+    loss = F.relu(1 - D(real)).mean() if term == "real" else F.relu(1 + D(fake)).mean()
+    loss.backward()
+    opt.step()
+    return _changes(D, before)
 
 
 def _d_loss_variants(G: nn.Module, D: nn.Module, real: Tensor, z: Tensor) -> dict[str, float]:
@@ -292,6 +327,7 @@ def _d_loss_variants(G: nn.Module, D: nn.Module, real: Tensor, z: Tensor) -> dic
             "non-saturating": d_nonsaturating_loss(real_logits, fake_logits).item(),
             "no relu": ((1 - real_logits).mean() + (1 + fake_logits).mean()).item(),
             "summed": (F.relu(1 - real_logits).sum() + F.relu(1 + fake_logits).sum()).item(),
+            "halved": d_hinge_loss(real_logits, fake_logits).item() / 2,
         }
 
 
@@ -304,6 +340,8 @@ _G_LOSS_MISTAKES = {
     "saturating": "is the original minimax loss, log(1 − sigmoid(D(G(z)))) = −softplus(D(G(z))), "
     "whose gradient vanishes while D easily rejects the fakes; use g_hinge_loss(D(G(z)))",
     "summed": "sums over the batch; take the mean: −mean(D(G(z)))",
+    "after the step": "was computed again after opt_g.step(), with G's new weights: return the "
+    "loss that loss.backward() used, computed before the step",
 }
 
 
@@ -352,6 +390,8 @@ def check_generator_step(generator_step: Callable[..., Any]) -> None:
             finally:
                 watch.handle.remove()
             expected_loss = reference_generator_step(G_ref, D_ref, opt_ref, z)
+            with torch.no_grad():
+                variants["after the step"] = g_hinge_loss(D_ref(G_ref(z))).item()
 
             if not watch.inputs:
                 _fail("your generator step never called G: the G loss scores D(G(z))")
@@ -392,8 +432,8 @@ def check_generator_step(generator_step: Callable[..., Any]) -> None:
                 _fail(
                     f"G's weights did not learn from the loss ({where}): no gradient reached G's "
                     "output. The gradient must reach G through D, so do not detach the fake "
-                    "images or make them under torch.no_grad() in the generator step; then call "
-                    "loss.backward() and opt_g.step()"
+                    "images or D's logits, nor compute them under torch.no_grad(), in the "
+                    "generator step; then call loss.backward() and opt_g.step()"
                 )
             if all(
                 torch.allclose(c, torch.full_like(c, -_LR * _STALE)) for c in got.values()
@@ -411,7 +451,8 @@ def check_generator_step(generator_step: Callable[..., Any]) -> None:
                 )
             _fail(
                 f"G's weights after your step differ from the reference by up to "
-                f"{max(_max_diff(got[n], want[n]) for n in got):.3g} ({where})"
+                f"{max(_max_diff(got[n], want[n]) for n in got):.3g} ({where}), although the "
+                "loss value matches: backpropagate the loss you return and step opt_g once"
             )
     _passed(
         "check_generator_step",
@@ -459,7 +500,14 @@ def check_update_ema(update_ema_fn: Callable[[nn.Module, nn.Module, float], Any]
                 where = f"decay={decay}"
                 old_ema = {n: t.clone() for n, t in ema.state_dict().items()}
                 model_state = {n: t.clone() for n, t in model.state_dict().items()}
-                _call(fn, ema, model, decay, hint=hint)
+                returned = _call(fn, ema, model, decay, hint=hint)
+                if isinstance(returned, nn.Module) and returned is not ema:
+                    _fail(
+                        "your update_ema returned a new model; it must change ema_model in "
+                        "place (the caller keeps using the ema_model it passed in), and needs "
+                        "to return nothing"
+                    )
+                _expect_no_shared_memory(ema, model, where)
                 update_ema(ema_ref, model, decay)
                 if any(not torch.equal(t, model_state[n]) for n, t in model.state_dict().items()):
                     _fail(f"your update changed the model itself ({where}); only ema_model changes")
@@ -475,6 +523,21 @@ def check_update_ema(update_ema_fn: Callable[[nn.Module, nn.Module, float], Any]
         "parameters averaged and buffers (float and integer) copied for decays 0, 0.5-0.999, "
         "repeated calls, model untouched, no autograd graph.",
     )
+
+
+def _expect_no_shared_memory(ema: nn.Module, model: nn.Module, where: str) -> None:
+    """The EMA must hold its own copies: a tensor shared with the model moves when it trains."""
+    model_storage = {
+        t.untyped_storage().data_ptr() for t in model.state_dict().values() if t.numel()
+    }
+    for name, t in ema.state_dict().items():
+        if t.numel() and t.untyped_storage().data_ptr() in model_storage:
+            _fail(
+                f"your EMA's `{name}` shares memory with the model's ({where}): an assignment "
+                "such as ema_b.data = b.data (or setattr) makes both models use one tensor, so "
+                "every later change to the model changes the EMA too. Copy the values instead: "
+                "ema_b.copy_(b)"
+            )
 
 
 def _check_ema_parameters(
@@ -500,6 +563,12 @@ def _check_ema_parameters(
             _fail(
                 f"you swapped decay and 1 − decay ({where}, parameter `{name}`): the EMA keeps "
                 "`decay` of its own weights and takes only 1 − decay of the model's: "
+                "ema ← decay·ema + (1 − decay)·model"
+            )
+        if _close(p, decay * e + m):
+            _fail(
+                f"your EMA parameter `{name}` is decay·ema + model ({where}): the model's share "
+                "must be weighted by 1 − decay, so that the weights add up to 1: "
                 "ema ← decay·ema + (1 − decay)·model"
             )
         if _close(p, e):
