@@ -169,7 +169,7 @@ def half_agreement(
     halves: low values mean the halves look like none of the four shapes), and the classes
     themselves, "shape_left", "shape_right", "colour_left", "colour_right" (indices into SHAPES
     and COLOURS). A generator that draws one shape everywhere agrees perfectly: read agreement
-    together with how many classes the halves use.
+    against the model's own chance level (chance_agreement, cohens_kappa on these classes).
     """
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
