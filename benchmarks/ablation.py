@@ -32,7 +32,9 @@ same-size local residual block there instead (the SAGAN paper's control); `--sca
 attention scores by √d; `--lr-d/--lr-g` set the learning rates (default: TTUR 4e-4 / 1e-4).
 
 Besides the mean scores, every record of a shape dataset holds the per-sample consistency,
-shape agreement and colour agreement (sagan_edu.halves) of its samples, rounded to 3 decimals;
+shape agreement and colour agreement (sagan_edu.halves) of its samples, rounded to 3 decimals
+(and, since 2026-11-29, its metrics hold each agreement's own chance level and Cohen's kappa
+against it: see OWN_CHANCE_NAME);
 for runs with attention in G, the same scores with G's attention switched off at inference
 (`scaled_attention(G_ema, 0)`) and made uniform (`uniform_attention(G_ema)`): the causal test;
 the final γ of every block; and a `status`: "diverged" (a loss became NaN/inf: TrainingDiverged),
@@ -59,6 +61,7 @@ import contextlib
 import datetime
 import fcntl
 import json
+import math
 import os
 import platform
 import statistics
@@ -74,7 +77,7 @@ import torch
 
 from sagan_edu.attention_ablation import attention_blocks, scaled_attention, uniform_attention
 from sagan_edu.data import ImageDataset, consistency_score, load_dataset
-from sagan_edu.halves import half_agreement
+from sagan_edu.halves import chance_agreement, cohens_kappa, half_agreement
 from sagan_edu.metrics import (
     FD_NAME,
     KID_NAME,
@@ -105,6 +108,13 @@ COLLAPSE_RULE = (
     f"below {COLLAPSE_FRACTION} x the same distance between {DIVERSITY_SAMPLES} real held-out "
     "images; diverged: a loss became NaN or infinite (TrainingDiverged); trained: neither"
 )
+
+# A generator's halves agree by chance more often than real images' when it draws a few classes
+# much more often than others. Records since 2026-11-29 hold, for shape and colour, this model's
+# own chance level and its agreement above it (sagan_edu.halves); kappa is left out when it is
+# undefined (both halves always one and the same class).
+OWN_CHANCE_NAME = "{}: this model's own chance level"
+KAPPA_NAME = "{}: Cohen's kappa against its own chance level"
 
 # Which metric the table shows per dataset, and whether lower is better.
 HEADLINE: dict[str, list[tuple[str, bool]]] = {
@@ -305,10 +315,17 @@ def evaluate(samples: torch.Tensor, dataset: str, real: torch.Tensor) -> dict[st
     scores = consistency(samples, dataset)
     fd = fd_and_kid(grey(real), grey(samples), classifier)[FD_NAME]
     halves = half_agreement(samples)
-    return {CONSISTENCY_NAME: scores["mean"], "consistency std over samples": scores["std"],
-            GREY_FD_NAME: fd, SHAPE_NAME: halves["shape"].mean().item(),
-            COLOUR_NAME: halves["colour"].mean().item(),
-            "shape confidence": halves["shape_confidence"].mean().item()}  # fmt: skip
+    metrics = {CONSISTENCY_NAME: scores["mean"], "consistency std over samples": scores["std"],
+               GREY_FD_NAME: fd, SHAPE_NAME: halves["shape"].mean().item(),
+               COLOUR_NAME: halves["colour"].mean().item(),
+               "shape confidence": halves["shape_confidence"].mean().item()}  # fmt: skip
+    for kind, name in (("shape", SHAPE_NAME), ("colour", COLOUR_NAME)):
+        left, right = halves[f"{kind}_left"], halves[f"{kind}_right"]  # (N,) class indices
+        metrics[OWN_CHANCE_NAME.format(name)] = chance_agreement(left, right)
+        kappa = cohens_kappa(left, right)
+        if not math.isnan(kappa):
+            metrics[KAPPA_NAME.format(name)] = kappa
+    return metrics
 
 
 def per_sample(samples: torch.Tensor, dataset: str) -> dict[str, list[float]]:

@@ -15,6 +15,11 @@ Agreement of an image = 1 if both halves get the same class, else 0. Real twin-s
 agree in both (≈ 1); halves drawn independently (local-shapes) agree by chance: 1/4 in shape,
 1/6 in colour. A generator that matches colour but not shape lands near (1/4, 1): the two
 numbers tell which long-range property it learned.
+
+The 1/4 and 1/6 are chance for halves whose classes are equally common. A generator's are not:
+one that draws mostly bars has halves that match in shape by chance far more often than 1/4.
+`chance_agreement` gives the chance level of a model's own halves, and `cohens_kappa` the
+agreement measured against it (Cohen's kappa: 0 = no more than chance, 1 = always the same).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from sagan_edu.data import COLOURS, SHAPES, _draw_shapes, _shape_params
 __all__ = [
     "SHAPE_CLASSIFIER_PATH",
     "ShapeClassifier",
+    "chance_agreement",
+    "cohens_kappa",
     "coverage",
     "half_agreement",
     "half_colours",
@@ -162,7 +169,7 @@ def half_agreement(
     halves: low values mean the halves look like none of the four shapes), and the classes
     themselves, "shape_left", "shape_right", "colour_left", "colour_right" (indices into SHAPES
     and COLOURS). A generator that draws one shape everywhere agrees perfectly: read agreement
-    together with how many classes the halves use.
+    against the model's own chance level (chance_agreement, cohens_kappa on these classes).
     """
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
@@ -185,3 +192,62 @@ def half_agreement(
         "colour_right": colour_r.float(),
         "shape_confidence": (conf_l + conf_r) / 2,
     }
+
+
+def _class_labels(labels, name: str) -> torch.Tensor:
+    """Per-sample class labels (a 1-D tensor or a sequence of ints, or of whole floats such as
+    the 2.0 that ablation.json records) -> a (N,) int64 tensor; a clear error for anything else."""
+    values = torch.as_tensor(labels).flatten().double()  # (N,)
+    if values.numel() == 0:
+        raise ValueError(f"{name} is empty: give one class label per sample")
+    if not torch.isfinite(values).all() or (values != values.round()).any():
+        raise ValueError(f"{name} must hold whole-number class labels (0, 1, 2, ...)")
+    if (values < 0).any():
+        raise ValueError(f"{name} holds negative labels; classes are indices 0, 1, 2, ...")
+    return values.long()
+
+
+def _class_frequencies(left, right) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both halves' labels as (N,) int64 tensors, and their class frequencies (2, K): row 0 is
+    P(left = k), row 1 P(right = k), over the K classes seen in either half."""
+    left, right = _class_labels(left, "left"), _class_labels(right, "right")
+    if left.numel() != right.numel():
+        raise ValueError(
+            f"left and right must have one label per sample each, got {left.numel()} left and "
+            f"{right.numel()} right labels"
+        )
+    classes = int(max(left.max(), right.max())) + 1
+    p_left = torch.bincount(left, minlength=classes).double() / left.numel()  # (K,)
+    p_right = torch.bincount(right, minlength=classes).double() / right.numel()  # (K,)
+    return left, right, torch.stack([p_left, p_right])  # (2, K)
+
+
+def chance_agreement(left, right) -> float:
+    """How often the two halves would agree by chance, given how often each class occurs.
+
+    left, right: the class of each sample's left and right half, (N,) (tensors or sequences of
+    ints, e.g. half_agreement's "shape_left" and "shape_right"). Returns
+    sum over classes k of P(left = k) * P(right = k), the frequencies taken from these samples:
+    the agreement of halves drawn independently from the same class frequencies. It is 1/K for K
+    equally common classes and higher when a few classes dominate.
+    """
+    _, _, p = _class_frequencies(left, right)
+    return (p[0] * p[1]).sum().item()
+
+
+def cohens_kappa(left, right) -> float:
+    """Agreement of the halves measured against their own chance level:
+    kappa = (agreement - chance) / (1 - chance), with chance from chance_agreement (Cohen, "A
+    coefficient of agreement for nominal scales", Educational and Psychological Measurement, 1960).
+
+    left, right: (N,) class labels, as for chance_agreement. kappa is 1 when every sample's halves
+    agree, 0 when they agree no more often than chance_agreement, negative when less often. When
+    both halves always hold one and the same class, chance is 1 and kappa is 0 / 0: NaN, since
+    such samples cannot show whether the halves match on purpose.
+    """
+    left, right, p = _class_frequencies(left, right)
+    agreement = (left == right).double().mean().item()
+    chance = (p[0] * p[1]).sum().item()
+    if chance == 1.0:
+        return float("nan")
+    return (agreement - chance) / (1 - chance)

@@ -309,6 +309,15 @@ def test_variants_record_the_causal_test_per_sample_scores_and_samples(tmp_path)
     # the mean of the per-sample values is the recorded mean
     mean = sum(per_sample["shape"]) / 16
     assert math.isclose(g_only["metrics"][script.SHAPE_NAME], mean, abs_tol=1e-6)
+    # this model's own chance level, counted by hand from the recorded half classes
+    for kind, name in (("shape", script.SHAPE_NAME), ("colour", script.COLOUR_NAME)):
+        left, right = per_sample[f"{kind}_left"], per_sample[f"{kind}_right"]
+        chance = sum(left.count(k) * right.count(k) for k in set(left)) / 16**2
+        assert math.isclose(g_only["metrics"][script.OWN_CHANCE_NAME.format(name)], chance)
+        agreement = sum(per_sample[kind]) / 16
+        kappa = g_only["metrics"].get(script.KAPPA_NAME.format(name))
+        if chance < 1:  # else kappa is undefined and left out
+            assert math.isclose(kappa, (agreement - chance) / (1 - chance), abs_tol=1e-9)
     assert g_only["status"] in ("trained", "collapsed") and g_only["seed"] == 0
     tuning = json.loads((tmp_path / "results" / "tuning.json").read_text())
     assert tuning["runs"][0]["config"]["lr_d"] == 2e-4 and "collapse_rule" in tuning

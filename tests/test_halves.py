@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from sagan_edu.data import COLOURS, SHAPES, _draw_shapes, load_dataset
-from sagan_edu.halves import half_agreement, half_colours, half_shapes
+from sagan_edu.halves import (
+    chance_agreement,
+    cohens_kappa,
+    half_agreement,
+    half_colours,
+    half_shapes,
+)
 
 
 def _half(kind: int, colour: int, cy: float = 12.0, cx: float = 7.0) -> torch.Tensor:
@@ -66,3 +74,62 @@ def test_real_twins_agree_and_independent_halves_agree_by_chance():
 def test_grey_images_are_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="colour images"):
         half_agreement(torch.zeros(2, 1, 32, 32))
+
+
+def test_chance_and_kappa_of_a_hand_computed_example():
+    left, right = [0, 0, 1, 2], [0, 1, 1, 1]
+    # P(left) = (1/2, 1/4, 1/4), P(right) = (1/4, 3/4, 0): chance = 1/8 + 3/16 = 5/16.
+    # Samples 1 and 3 agree: agreement 1/2, kappa = (1/2 - 5/16) / (1 - 5/16) = 3/11.
+    assert chance_agreement(left, right) == pytest.approx(5 / 16)
+    assert cohens_kappa(left, right) == pytest.approx(3 / 11)
+    # The float labels ablation.json records give the same answer as ints and tensors.
+    assert cohens_kappa([0.0, 0.0, 1.0, 2.0], torch.tensor([0, 1, 1, 1])) == pytest.approx(3 / 11)
+
+
+def test_perfect_agreement_gives_kappa_one_and_single_class_gives_nan():
+    labels = [0, 3, 3, 1, 2, 2, 2]
+    assert cohens_kappa(labels, labels) == pytest.approx(1.0)
+    # Both halves always one class: chance is 1, kappa is 0 / 0.
+    assert chance_agreement([2, 2, 2], [2, 2, 2]) == 1.0
+    assert math.isnan(cohens_kappa([2, 2, 2], [2, 2, 2]))
+
+
+def test_chance_matches_a_brute_force_count_over_all_pairs_of_samples():
+    # chance = the probability that the left half of one sample and the right half of another,
+    # both drawn at random (with replacement), share a class: count it over every pair.
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randint(0, 4, (37,), generator=generator).tolist()
+    right = torch.randint(0, 3, (37,), generator=generator).tolist()
+    pairs = sum(a == b for a in left for b in right) / (len(left) * len(right))
+    agreement = sum(a == b for a, b in zip(left, right, strict=True)) / len(left)
+    assert chance_agreement(left, right) == pytest.approx(pairs)
+    assert cohens_kappa(left, right) == pytest.approx((agreement - pairs) / (1 - pairs))
+
+
+def test_independent_halves_with_skewed_classes_sit_at_their_own_chance():
+    # Like a generator that draws mostly bars: classes far from equally common, halves independent.
+    generator = torch.Generator().manual_seed(1)
+    p_left, p_right = torch.tensor([0.05, 0.15, 0.5, 0.3]), torch.tensor([0.1, 0.1, 0.4, 0.4])
+    left = torch.multinomial(p_left, 200_000, replacement=True, generator=generator)
+    right = torch.multinomial(p_right, 200_000, replacement=True, generator=generator)
+    expected = (p_left * p_right).sum().item()  # 0.34, well above 1/4
+    assert chance_agreement(left, right) == pytest.approx(expected, abs=0.005)
+    # the raw agreement is high, but no higher than chance: kappa about 0 (its s.e. ≈ 0.003)
+    assert (left == right).float().mean().item() == pytest.approx(expected, abs=0.005)
+    assert cohens_kappa(left, right) == pytest.approx(0.0, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "message"),
+    [
+        ([0, 1, 2], [0, 1], "3 left and 2 right"),
+        ([], [], "empty"),
+        ([0, -1], [0, 1], "negative"),
+        ([0, 1.5], [0, 1], "whole-number"),
+    ],
+)
+def test_bad_labels_are_refused_with_a_clear_error(left, right, message):
+    with pytest.raises(ValueError, match=message):
+        cohens_kappa(left, right)
+    with pytest.raises(ValueError, match=message):
+        chance_agreement(left, right)

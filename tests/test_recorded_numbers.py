@@ -18,6 +18,8 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
+from sagan_edu.halves import chance_agreement, cohens_kappa
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 NOTEBOOK = ROOT / "notebooks" / "10_does_attention_help.ipynb"
@@ -67,6 +69,13 @@ def recorded_values() -> set[str]:
             for off in {k for r in switched for k in r["attention_off"]}:
                 found.add(mean_std([r["attention_off"][off][metric] - r["metrics"][metric]
                                     for r in switched if off in r["attention_off"]]))  # fmt: skip
+        # Shape and colour agreement against each model's own chance level (sagan_edu.halves),
+        # from the per-sample classes of both halves.
+        labelled = [r["per_sample"] for r in scored if "shape_left" in r.get("per_sample", {})]
+        for kind in ("shape", "colour"):
+            for score in (chance_agreement, cohens_kappa):
+                found.add(mean_std([score(p[f"{kind}_left"], p[f"{kind}_right"])
+                                    for p in labelled]))  # fmt: skip
     # D's overfitting gap at each measured step, per placement and run length.
     overfit = json.loads((RESULTS / "overfitting.json").read_text(encoding="utf-8"))["runs"]
     by_setting: dict[tuple, list[dict]] = {}
@@ -101,6 +110,8 @@ def test_the_check_finds_numbers_and_rejects_a_wrong_one():
     assert "0.537 ± 0.02" in recorded  # the long setting, 16×16 attention, seeds 1-3
     assert quoted_pairs("x 0.537 ± 0.02. y -0.01 ± 0.019") == ["0.537 ± 0.02", "-0.01 ± 0.019"]
     assert "0.538 ± 0.02" not in recorded
+    # cell m, 16×16 attention: its own chance level and kappa for shape, seeds 1-3
+    assert "0.377 ± 0.031" in recorded and "0.128 ± 0.15" in recorded
 
 
 def test_notebook_10_quotes_only_recorded_numbers():
