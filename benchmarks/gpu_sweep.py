@@ -52,6 +52,9 @@ Prepared for the next session that has a GPU (run on the CPU so far, or not at a
     o  seeds 4 and 5 of the whole tuning grid (cell e's ten cells: five rate pairs, none and
        16×16), because most of the CPU grid's cells had three seeds that disagree on the sign of
        attention's effect (ran on the CPU, 2026-11-29).
+    p  cell m's setting (twin-shapes, width 16, batch 32, 10,000 steps) with 16×16 attention in D
+       only: does D's attention alone give the gain at 10,000 steps too? (ran on the CPU,
+       2026-11-29)
 """
 
 from __future__ import annotations
@@ -140,6 +143,9 @@ def job_list() -> list[Job]:
     for lr_d, lr_g in rates:
         jobs += _runs("o", f"tune-lrd{lr_d}-lrg{lr_g}", "twin-shapes", ("none", "16"), SMALL_1000,
                       "--lr-d", lr_d, "--lr-g", lr_g, "--tuning", seeds=(4, 5))  # fmt: skip
+    jobs += _runs(
+        "p", "w16-10000-donly", "twin-shapes", ("16",), SMALL_10000, "--attention-in", "d"
+    )
     return jobs
 
 
