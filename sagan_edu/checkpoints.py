@@ -48,10 +48,12 @@ __all__ = [
     "atomic_write",
     "check_output_folder",
     "check_resumable",
+    "folders_to_make",
     "load_checkpoint",
     "load_weights",
     "refuse_to_replace",
     "remove_stale_temp_files",
+    "remove_unused_run_folder",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -332,6 +334,30 @@ def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
             f"{flag} {folder} cannot be written ({error.strerror}); pass a folder you can write to"
         ) from None
     return folder
+
+
+def folders_to_make(folder: str | os.PathLike) -> list[Path]:
+    """The folders that creating `folder` would make: it and its missing parents, deepest first."""
+    folder = Path(folder)
+    return [path for path in (folder, *folder.parents) if not path.exists()]
+
+
+def remove_unused_run_folder(made: list[Path]) -> None:
+    """Remove the folders a run made (`folders_to_make`'s list) if it saved nothing in them.
+
+    The run folder may hold only the run's lock file; rmdir then removes each folder only if it
+    is empty, so nothing anyone else saved there can go. Call it while holding the lock.
+    """
+    if not made or not made[0].is_dir():
+        return
+    if any(path.name != LOCK_NAME for path in made[0].iterdir()):
+        return  # the run saved something after all, or someone else did
+    (made[0] / LOCK_NAME).unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something else lives there now
+            return
 
 
 class RunLock:

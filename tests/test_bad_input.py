@@ -517,6 +517,56 @@ def test_batch_larger_than_the_dataset_is_refused(tmp_path):
     assert len(Trainer(tiny_config(tmp_path, batch_size=4000)).dataset) == 4000
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dataset", "mnist", "--data-root", "TMP/no-data"], "mnist is not in"),
+        (["--batch-size", "4001"], "batch_size=4001 is more than the 4000 images"),
+        (["--dataset", "twin-shapes", "--conditional"], "needs class labels"),
+        (["--lr-d", "1e30", "--lr-g", "1e30"], "diverged: loss_d became nan by step 2"),
+    ],
+)
+def test_a_failed_run_removes_the_folders_it_made(tmp_path, capsys, flags, message):
+    """These runs used to leave new/run/ behind, empty but for the lock file (the last one fails
+    on its second step, before its first checkpoint)."""
+    out = tmp_path / "new" / "run"
+    flags = [flag.replace("TMP", str(tmp_path)) for flag in flags]
+    err = cli_error(capsys, ["train", "--steps", "2", "--out", str(out), *TINY, *flags])
+    assert message in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_run_keeps_folders_it_did_not_make_and_everything_in_them(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    cli_error(capsys, ["train", "--out", str(mine), "--batch-size", "4001"])
+    huge_lr = ["--lr-d", "1e30", "--lr-g", "1e30", "--steps", "2", *TINY]
+    cli_error(capsys, ["train", "--out", str(mine / "run"), *huge_lr])
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # mine/run/ was this run's
+    assert (mine / "notes.txt").read_text() == "my notes"
+
+
+def test_ctrl_c_before_the_first_checkpoint_removes_the_new_folder_and_fit_can_go_on(
+    tmp_path, monkeypatch
+):
+    trainer = Trainer(tiny_config(tmp_path / "new", steps=2, checkpoint_every=2))
+    real_step = Trainer.step
+
+    def ctrl_c_at_step_1(self):
+        if self.step_count == 1:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "step", ctrl_c_at_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert not (tmp_path / "new").exists()  # nothing was saved, so nothing is left
+    monkeypatch.setattr(Trainer, "step", real_step)
+    trainer.fit()  # the folder comes back with the checkpoint
+    assert load_checkpoint(tmp_path / "new" / "run" / "checkpoint.pt")["step"] == 2
+
+
 @pytest.fixture(scope="module")
 def saved_state(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("trained")

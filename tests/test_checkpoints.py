@@ -23,11 +23,14 @@ import torch
 
 from sagan_edu import checkpoints, training
 from sagan_edu.checkpoints import (
+    LOCK_NAME,
     CheckpointError,
     RunFolderBusy,
     RunLock,
     atomic_save,
+    folders_to_make,
     load_checkpoint,
+    remove_unused_run_folder,
 )
 from sagan_edu.cli import main
 from sagan_edu.training import TrainConfig, Trainer, load_generator
@@ -419,3 +422,22 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_no_partial_file(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no space left" in err
     assert list(tmp_path.iterdir()) == []  # neither half a weight file nor a temporary file
+
+
+def test_remove_unused_run_folder_removes_only_empty_folders_the_run_made(tmp_path):
+    run = tmp_path / "a" / "b" / "run"
+    made = folders_to_make(run)
+    assert made == [run, tmp_path / "a" / "b", tmp_path / "a"]
+    run.mkdir(parents=True)
+    (run / LOCK_NAME).write_text("process 1")
+    (tmp_path / "a" / "someone-elses.txt").write_text("keep")
+    remove_unused_run_folder(made)
+    assert not (tmp_path / "a" / "b").exists()  # the run's lock file and two empty folders
+    assert (tmp_path / "a" / "someone-elses.txt").read_text() == "keep"
+
+    run.mkdir(parents=True)
+    (run / LOCK_NAME).write_text("process 1")
+    (run / "history.json").write_text("{}")  # the run saved something: all of it stays
+    remove_unused_run_folder(made)
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "history.json"]
+    remove_unused_run_folder([])  # a run that made no folder removes nothing
