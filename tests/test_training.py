@@ -297,12 +297,11 @@ def test_ctrl_c_mid_step_finishes_the_step_and_fit_again_matches_an_uninterrupte
 def test_a_second_ctrl_c_stops_at_once():
     """The first Ctrl-C waits for the end of the block; the second one (a hung step) does not."""
     reached = []
-    with pytest.raises(KeyboardInterrupt):
-        with training.interrupts_deferred():
-            signal.raise_signal(signal.SIGINT)
-            reached.append("after the first")
-            signal.raise_signal(signal.SIGINT)
-            reached.append("after the second")
+    with pytest.raises(KeyboardInterrupt), training.interrupts_deferred():
+        signal.raise_signal(signal.SIGINT)
+        reached.append("after the first")
+        signal.raise_signal(signal.SIGINT)
+        reached.append("after the second")
     assert reached == ["after the first"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
