@@ -49,6 +49,7 @@ __all__ = [
     "check_output_folder",
     "check_resumable",
     "folders_to_make",
+    "is_safetensors_file",
     "load_checkpoint",
     "load_weights",
     "refuse_to_replace",
@@ -222,6 +223,17 @@ _LOST = (
 def _looks_like_safetensors(head: bytes) -> bool:
     """safetensors: an 8-byte little-endian header length, then a JSON header starting with {."""
     return len(head) > 8 and head[8:9] == b"{"
+
+
+def is_safetensors_file(path: str | os.PathLike) -> bool:
+    """Whether `path` names a safetensors file: by its suffix, or (any name) by its first bytes."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return _looks_like_safetensors(f.read(9))
 
 
 def _unreadable(path: Path, error: Exception | None) -> CheckpointError:

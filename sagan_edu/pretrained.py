@@ -35,7 +35,12 @@ import torch
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from sagan_edu.checkpoints import atomic_write, check_output_folder, refuse_to_replace
+from sagan_edu.checkpoints import (
+    atomic_write,
+    check_output_folder,
+    is_safetensors_file,
+    refuse_to_replace,
+)
 from sagan_edu.models import Discriminator, Generator
 from sagan_edu.training import load_checkpoint, pick_device
 
@@ -133,7 +138,7 @@ def _path(name: str | os.PathLike) -> Path:
         raise ValueError(f"name is empty; pass a shipped name: {', '.join(available())}")
     if Path(name).is_dir():
         raise ValueError(f"{name} is a folder; pass a .safetensors file or a shipped name")
-    if str(name).endswith(".safetensors"):
+    if is_safetensors_file(name):
         path = Path(name)
     elif Path(name).suffix == ".pt" or Path(name).is_file():
         raise ValueError(
