@@ -22,8 +22,11 @@ the file, says what is wrong with it and what to do.
 
 Run folders (`check_output_folder`, `RunLock`): a training run checks at start that it can write
 its folder, and holds a lock on it while it trains, so a second run into the same folder refuses
-instead of interleaving checkpoints. The lock is an `fcntl.flock` on an open file: the operating
-system releases it when the process ends, however it ends, so a crashed run never leaves it stuck.
+instead of interleaving checkpoints; a run that fails before saving anything removes the folders
+it made (`remove_unused_run_folder`). Output files (`check_output_file`) are checked before any
+work, and an existing one is replaced only when the caller says so. The lock is an
+`fcntl.flock` on an open file: the operating system releases it when the process ends, however it
+ends, so a crashed run never leaves it stuck.
 """
 
 from __future__ import annotations
@@ -46,13 +49,14 @@ __all__ = [
     "RunLock",
     "atomic_save",
     "atomic_write",
+    "check_output_file",
     "check_output_folder",
     "check_resumable",
+    "file_in_the_way",
     "folders_to_make",
     "is_safetensors_file",
     "load_checkpoint",
     "load_weights",
-    "refuse_to_replace",
     "remove_stale_temp_files",
     "remove_unused_run_folder",
 ]
@@ -314,12 +318,11 @@ def check_known_settings(path: str | os.PathLike, what: str, saved: dict, known:
 # ---------------------------------------------------------------------------------------------
 
 
-def refuse_to_replace(path: Path, overwrite: bool) -> None:
-    """An existing file at `path` is replaced only when the caller said so (overwrite=True)."""
-    if path.exists() and not overwrite:
-        raise ValueError(
-            f"{path} exists; pass another path, or overwrite=True (--overwrite) to replace it"
-        )
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """`path` or the nearest of its parents that exists but is a file: nothing can be made there
+    (`notes.txt/run` cannot become a folder). None when every existing one is a folder."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
 def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
@@ -329,7 +332,7 @@ def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
     checkpoint. `flag` names the setting in the message ("--out", "out_dir").
     """
     folder = Path(folder)
-    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    blocker = file_in_the_way(folder)
     if blocker == folder:
         raise ValueError(f"{flag} {folder} is a file, not a folder; pass a folder path")
     if blocker is not None:
@@ -346,6 +349,38 @@ def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
             f"{flag} {folder} cannot be written ({error.strerror}); pass a folder you can write to"
         ) from None
     return folder
+
+
+def check_output_file(
+    path: str | os.PathLike,
+    suffixes: tuple[str, ...],
+    overwrite: bool,
+    flag: str = "out_path",
+    overwrite_flag: str = "overwrite=True",
+) -> Path:
+    """Before any work: `path` ends in one of `suffixes`, is not a folder, lies in a folder that
+    can be written, and an existing file there is replaced only with `overwrite`.
+
+    `flag` and `overwrite_flag` name the settings in the messages ("--out", "--overwrite").
+    """
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} must end in {' or '.join(suffixes)}, got {path}")
+    if path.is_dir():
+        example = path / f"out{suffixes[0]}"
+        raise ValueError(f"{flag} {path} is a folder; pass a file path such as {example}")
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise ValueError(
+            f"{flag} {path} lies below {blocker}, which is a file, not a folder; "
+            "pass a path inside a folder"
+        )
+    check_output_folder(path.parent, f"the folder of {flag}")
+    if path.exists() and not overwrite:
+        raise ValueError(
+            f"{flag} {path} exists; pass another {flag}, or {overwrite_flag} to replace it"
+        )
+    return path
 
 
 def folders_to_make(folder: str | os.PathLike) -> list[Path]:

@@ -41,7 +41,7 @@ from sagan_edu.checkpoints import (
     CHECKPOINT_NAME,
     CheckpointError,
     RunFolderBusy,
-    check_output_folder,
+    check_output_file,
     is_safetensors_file,
     load_checkpoint,
 )
@@ -342,20 +342,8 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _check_output_file(path: Path, suffixes: tuple[str, ...], overwrite: bool) -> None:
-    """Before any work: --out must end in one of `suffixes`, its folder must be writable, and an
-    existing file is replaced only with --overwrite."""
-    if path.suffix.lower() not in suffixes:
-        raise ValueError(f"--out must end in {' or '.join(suffixes)}, got {path}")
-    if path.is_dir():
-        raise ValueError(
-            f"--out {path} is a folder; pass a file path such as {path / ('out' + suffixes[0])}"
-        )
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise ValueError(f"--out {path} lies below {blocker}, which is a file, not a folder")
-    check_output_folder(path.parent, "the folder of --out")
-    if path.exists() and not overwrite:
-        raise ValueError(f"--out {path} exists; pass another --out, or --overwrite to replace it")
+    """Before any work: a usable --out (see check_output_file), replaced only with --overwrite."""
+    check_output_file(path, suffixes, overwrite, flag="--out", overwrite_flag="--overwrite")
 
 
 def _check_no_foreign_figures(out_dir: Path, overwrite: bool) -> None:

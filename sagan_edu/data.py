@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
+from sagan_edu.checkpoints import file_in_the_way
+
 __all__ = ["DATASETS", "ImageDataset", "consistency_score", "load_dataset"]
 
 DATASETS: dict[str, str] = {
@@ -259,7 +261,7 @@ def _data_root(root: str | os.PathLike | None) -> Path:
         source = f"${DATA_ENV_VAR}" if os.environ.get(DATA_ENV_VAR) else "the default"
         root = os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_ROOT
     path = Path(root).expanduser()
-    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    blocker = file_in_the_way(path)
     if blocker is not None:
         raise ValueError(
             f"the data folder {path} (from {source}) cannot be used: {blocker} is a file, not a "

@@ -28,6 +28,7 @@ from sagan_edu.checkpoints import (
     RunFolderBusy,
     RunLock,
     atomic_save,
+    check_output_file,
     folders_to_make,
     load_checkpoint,
     remove_unused_run_folder,
@@ -441,3 +442,24 @@ def test_remove_unused_run_folder_removes_only_empty_folders_the_run_made(tmp_pa
     remove_unused_run_folder(made)
     assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "history.json"]
     remove_unused_run_folder([])  # a run that made no folder removes nothing
+
+
+def test_check_output_file_says_what_is_wrong_with_a_path(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    (tmp_path / "a.safetensors").mkdir()
+    cases = {
+        tmp_path / "g.pt": r"out_path must end in \.safetensors, got .*g\.pt",
+        tmp_path / "a.safetensors": r"out_path .*a\.safetensors is a folder; pass a file path such "
+        r"as .*a\.safetensors/out\.safetensors",
+        notes / "g.safetensors": r"lies below .*notes\.txt, which is a file, not a folder",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            check_output_file(path, (".safetensors",), overwrite=False)
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(b"my weights")
+    with pytest.raises(ValueError, match=r"--out .*mine\.safetensors exists; .* or --overwrite"):
+        check_output_file(mine, (".safetensors",), False, "--out", "--overwrite")
+    assert check_output_file(mine, (".safetensors",), overwrite=True) == mine
+    assert mine.read_bytes() == b"my weights" and notes.read_text() == "my notes"

@@ -486,3 +486,14 @@ def test_a_data_root_that_is_a_file_is_named(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"from \$SAGAN_EDU_DATA\) .*notes.txt is a file, not a"):
         load_dataset("fashion-mnist")
     assert a_file.read_text() == "not data"
+
+
+def test_a_data_root_that_is_or_lies_below_a_file_is_refused(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    for root in (notes, notes / "data"):
+        with pytest.raises(
+            ValueError, match=r"data folder .* cannot be used: .*notes.txt is a file, not a folder"
+        ):
+            load_dataset("mnist", root=root)
+    assert notes.read_text() == "my notes"
