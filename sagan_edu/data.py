@@ -257,6 +257,13 @@ def _load_mnist5k(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
 def _data_root(root: str | os.PathLike | None) -> Path:
     """The data folder: `root`, else $SAGAN_EDU_DATA, else the user cache; never a file."""
     source = "root=, --data-root"
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root, the data folder, must be a string or a Path, got {root!r}")
+    if root is not None and not os.fspath(root):  # Path("") would quietly mean this folder
+        raise ValueError(
+            "the data folder (root=, --data-root) is an empty string; pass the folder that holds "
+            f"the datasets, or leave it out to use ${DATA_ENV_VAR} or the default"
+        )
     if root is None:
         source = f"${DATA_ENV_VAR}" if os.environ.get(DATA_ENV_VAR) else "the default"
         root = os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_ROOT

@@ -45,7 +45,11 @@ crash, kill or full disk mid-write leaves the previous checkpoint intact) and re
 
 A second run into the same folder: a folder that already holds a checkpoint is continued only
 with resume=True, replaced only with overwrite=True, and otherwise refused; while a run trains it
-holds a lock on its folder, so two runs never write into one folder at once.
+holds a lock on its folder, so two runs never write into one folder at once. A run that fails
+before its first checkpoint removes the folders it made (if they hold nothing else).
+
+Ctrl-C inside `fit()` lets the step under way finish (`interrupts_deferred`), so calling `fit()`
+again continues exactly as if the run had never stopped.
 """
 
 from __future__ import annotations
@@ -657,6 +661,8 @@ def sample_images(
         raise ValueError(f"n, the number of images, must be a whole number ≥ 0, got {n!r}")
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise ValueError(f"seed must be a whole number, got {seed!r}")
+    if not -(2**63) <= seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise ValueError(f"seed must fit in 64 bits (-2**63 to 2**64 - 1), got {seed}")
     if labels is not None and not isinstance(labels, torch.Tensor):
         raise ValueError(
             f"labels must be a (n,) tensor of class indices, got {type(labels).__name__}; "

@@ -74,6 +74,10 @@ def cli_error(capsys, argv: list[str]) -> str:
         ({"device": "tpu"}, r"unknown device 'tpu'; use 'auto', 'cpu', .*devices here: auto, cpu"),
         ({"device": "gpu"}, "unknown device 'gpu'"),
         ({"out_dir": ""}, "out_dir must name a folder"),
+        (
+            {"seed": 2**63},
+            r"seed must be at most 2\*\*63 - 1 = 9223372036854775807, got 9223372036854775808",
+        ),
         ({"out_dir": 5}, "out_dir must be a string"),
         ({"resume": True, "overwrite": True}, "resume and overwrite contradict"),
         ({"img_size": 48}, "img_size must be one of 32, 64, 128, got 48"),
@@ -794,6 +798,10 @@ def more_api_calls() -> dict:
         "sample_images(labels=list)": (
             lambda: sample_images(Gc, 2, labels=[1, 2]),
             r"labels must be a \(n,\) tensor .*got list.*torch.tensor",
+        ),
+        "sample_images(seed=2**70)": (  # was torch's "Overflow when unpacking long long"
+            lambda: sample_images(Gc, 2, seed=2**70),
+            r"seed must fit in 64 bits \(-2\*\*63 to 2\*\*64 - 1\), got 1180591620717411303424",
         ),
         "update_ema(different widths)": (
             lambda: update_ema(Gc, Generator(z_dim=16, base_channels=16, num_classes=10), 0.9),

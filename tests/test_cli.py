@@ -133,6 +133,7 @@ def test_export_float16_generator_only(tmp_path):
         (["train", "--attention-at", "5"], "5"),
         (["train", "--img-size", "48"], "48"),
         (["train", "--dataset", "imagenet"], "imagenet"),
+        (["train", "--seed", str(2**70)], "seed must be at most 2**63 - 1"),  # was torch's overflow
         (["sample", "--checkpoint", "nowhere/checkpoint.pt"], "no checkpoint at"),
     ],
 )

@@ -497,3 +497,14 @@ def test_a_data_root_that_is_or_lies_below_a_file_is_refused(tmp_path):
         ):
             load_dataset("mnist", root=root)
     assert notes.read_text() == "my notes"
+
+
+def test_an_empty_or_non_path_data_root_is_refused(tmp_path, monkeypatch):
+    """root="" (--data-root "") used to mean the current folder, and the error then named
+    MNIST/raw relative to wherever the user stood."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"data folder \(root=, --data-root\) is an empty string"):
+        load_dataset("mnist", root="")
+    with pytest.raises(ValueError, match=r"root, the data folder, must be a string or a Path"):
+        load_dataset("mnist", root=5)
+    assert list(tmp_path.iterdir()) == []
