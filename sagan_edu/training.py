@@ -378,30 +378,27 @@ class Trainer:
         )  # fmt: skip
         try:
             while self.step_count < config.steps:
-                # A Ctrl-C waits for the step and its log and checkpoint: see interrupts_deferred.
-                with interrupts_deferred():
-                    logged = self._scheduled_step(bar)
-                if logged and self.callback is not None and self.is_main:
-                    self.callback(self)  # your code: Ctrl-C stops it at once
+                with interrupts_deferred():  # a Ctrl-C waits for the end of the iteration
+                    self._fit_iteration(bar)
         finally:
             bar.close()
         return self.history
 
-    def _scheduled_step(self, bar: tqdm) -> bool:
-        """One step, then the log and checkpoint due after it; True if it logged."""
+    def _fit_iteration(self, bar: tqdm) -> None:
+        """One step, then the log, callback and checkpoint due after it."""
         config = self.config
         self.step()
         bar.update(1)
         at_end = self.step_count == config.steps
-        logged = self.step_count % config.log_every == 0 or at_end
-        if logged:
+        if self.step_count % config.log_every == 0 or at_end:
             last = self._log()
             bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
+            if self.callback is not None and self.is_main:
+                self.callback(self)
         if self.step_count % config.checkpoint_every == 0 or at_end:
             self._check_finite(parameters=True)  # never overwrite a good checkpoint with NaNs
             if self.is_main:
                 self.save_checkpoint()
-        return logged
 
     def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
         # Summed as tensors: no GPU-to-CPU sync on every step.
@@ -537,8 +534,9 @@ def interrupts_deferred():
     Why: a step changes D, then G, the optimizers, the EMA and the random generators one after
     the other. A Ctrl-C landing between the D and the G update would leave a half-done step
     that `fit()` cannot undo: calling it again would do that D update twice, and the run would
-    no longer match an uninterrupted one. Waiting a fraction of a second for the step to finish
-    is simpler than saving everything before each step to roll it back, and costs nothing.
+    no longer match an uninterrupted one. Waiting a moment for the iteration (the step, and the
+    log, callback and checkpoint due after it) to finish is simpler than saving everything
+    before each step to roll it back, and costs nothing.
 
     A second Ctrl-C stops at once (for a step that hangs); the step is then left half done.
     Only the main thread receives signals, so elsewhere the block runs as it is; so it does where

@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -458,6 +459,21 @@ def test_missing_torchvision_dataset_tells_cli_users_about_download(tmp_path, ca
     err = cli_error(capsys, ["train", "--dataset", "mnist", "--data-root", str(tmp_path / "data"),
                              "--out", str(tmp_path / "run"), *TINY])  # fmt: skip
     assert "sagan-edu train --download" in err and "mnist5k" in err
+
+
+def test_failed_download_from_the_cli_is_one_line(tmp_path, capsys, monkeypatch):
+    """It was a RuntimeError, which the CLI shows as a traceback (it means a bug there)."""
+    import torchvision.datasets.mnist
+
+    def no_network(url, *args, **kwargs):
+        raise URLError("no route to host (test)")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", no_network)
+    data, out = str(tmp_path / "data"), str(tmp_path / "run")
+    argv = ["train", "--dataset", "mnist", "--download", "--data-root", data, "--out", out, *TINY]
+    err = cli_error(capsys, argv)
+    assert "downloading mnist into" in err and "no route to host (test)" in err
+    assert "Check the internet connection" in err and not (tmp_path / "run").exists()
 
 
 def test_download_setting_reaches_the_dataset_loader(tmp_path, monkeypatch):

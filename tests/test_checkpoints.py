@@ -296,9 +296,11 @@ def test_a_wrong_checkpoint_from_the_cli_is_one_line_and_exit_status_2(
     tmp_path, trained, capsys, case
 ):
     path, _ = wrong_files(tmp_path, trained)[case]
-    assert main(["sample", "--checkpoint", str(path), "--out", str(tmp_path / "s.png")]) == 2
+    # `sample` also takes exported (safetensors) weights; `export` needs a checkpoint.
+    command, out = ("export", "x.safetensors") if case == "safetensors" else ("sample", "s.png")
+    assert main([command, "--checkpoint", str(path), "--out", str(tmp_path / out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("sagan-edu sample: error: ")
+    assert err.count("\n") == 1 and err.startswith(f"sagan-edu {command}: error: ")
     assert "Traceback" not in err and "weights_only" not in err
 
 

@@ -214,13 +214,26 @@ def test_failed_download_says_why_and_how_to_work_offline(tmp_path, monkeypatch,
         raise URLError("no route to host (test)")
 
     monkeypatch.setattr(module, "download_and_extract_archive", no_network)
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(ConnectionError) as info:  # an OSError: the CLI shows it as one line
         load_dataset(name, root=tmp_path, download=True)
     message = str(info.value)
     assert calls, "the (patched) torchvision download was never tried"
     assert f"downloading {name}" in message and "failed" in message
     assert "no route to host (test)" in message
     assert "mnist5k" in message
+
+
+def test_damaged_dataset_files_are_named_with_what_to_do(tmp_path):
+    """Cut-short IDX files used to end in torch's "shape '[0, 0, 0]' is invalid" traceback."""
+    write_tiny_mnist(tmp_path)
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:100])  # a download cut short
+    with pytest.raises(
+        ValueError, match=r"the mnist files in .*MNIST/raw could not be read .*damaged or cut "
+        r"short. Delete them and download them again"
+    ):  # fmt: skip
+        load_dataset("mnist", root=tmp_path)
+    assert len(load_dataset("mnist", root=tmp_path, train=False)) == 2  # the intact split loads
 
 
 def test_download_is_skipped_when_the_files_are_there(tmp_path, monkeypatch):
