@@ -758,6 +758,11 @@ def _checkpoint_to_resume(config: TrainConfig, path: Path) -> dict | None:
     A folder that holds a checkpoint is continued (resume), replaced (overwrite) or refused:
     training into it from step 0 would silently replace the work saved there.
     """
+    if path.exists() and not path.is_file():  # else found only at the first save
+        raise ValueError(
+            f"{path} is a folder, where the run saves its checkpoint; rename or move it, or "
+            "pass another --out (out_dir)"
+        )
     if path.is_file():
         if config.resume:
             checkpoint = load_checkpoint(path)

@@ -634,6 +634,15 @@ def test_save_checkpoint_into_a_folder_path(tmp_path):
         trainer.save_checkpoint(tmp_path)
 
 
+def test_a_folder_named_checkpoint_pt_is_refused_before_training(tmp_path, capsys):
+    """It was found only at the first save, after the training, with a message about
+    save_checkpoint's argument."""
+    (tmp_path / "run" / "checkpoint.pt" / "mine").mkdir(parents=True)
+    err = cli_error(capsys, ["train", "--steps", "1", "--out", str(tmp_path / "run"), *TINY])
+    assert "checkpoint.pt is a folder, where the run saves its checkpoint; rename or move it" in err
+    assert (tmp_path / "run" / "checkpoint.pt" / "mine").is_dir()
+
+
 def test_cli_train_into_a_folder_with_someone_elses_figures(tmp_path, capsys):
     folder = tmp_path / "project"
     folder.mkdir()
