@@ -22,8 +22,11 @@ the file, says what is wrong with it and what to do.
 
 Run folders (`check_output_folder`, `RunLock`): a training run checks at start that it can write
 its folder, and holds a lock on it while it trains, so a second run into the same folder refuses
-instead of interleaving checkpoints. The lock is an `fcntl.flock` on an open file: the operating
-system releases it when the process ends, however it ends, so a crashed run never leaves it stuck.
+instead of interleaving checkpoints; a run that fails before saving anything removes the folders
+it made (`remove_unused_run_folder`). Output files (`check_output_file`) are checked before any
+work, and an existing one is replaced only when the caller says so. The lock is an
+`fcntl.flock` on an open file: the operating system releases it when the process ends, however it
+ends, so a crashed run never leaves it stuck.
 """
 
 from __future__ import annotations
@@ -46,12 +49,16 @@ __all__ = [
     "RunLock",
     "atomic_save",
     "atomic_write",
+    "check_output_file",
     "check_output_folder",
     "check_resumable",
+    "file_in_the_way",
+    "folders_to_make",
+    "is_safetensors_file",
     "load_checkpoint",
     "load_weights",
-    "refuse_to_replace",
     "remove_stale_temp_files",
+    "remove_unused_run_folder",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -222,6 +229,17 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return len(head) > 8 and head[8:9] == b"{"
 
 
+def is_safetensors_file(path: str | os.PathLike) -> bool:
+    """Whether `path` names a safetensors file: by its suffix, or (any name) by its first bytes."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return _looks_like_safetensors(f.read(9))
+
+
 def _unreadable(path: Path, error: Exception | None) -> CheckpointError:
     """The error for a file torch.load refused, in words (never torch's weights_only advice)."""
     if not zipfile.is_zipfile(path):
@@ -300,12 +318,11 @@ def check_known_settings(path: str | os.PathLike, what: str, saved: dict, known:
 # ---------------------------------------------------------------------------------------------
 
 
-def refuse_to_replace(path: Path, overwrite: bool) -> None:
-    """An existing file at `path` is replaced only when the caller said so (overwrite=True)."""
-    if path.exists() and not overwrite:
-        raise ValueError(
-            f"{path} exists; pass another path, or overwrite=True (--overwrite) to replace it"
-        )
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """`path` or the nearest of its parents that exists but is a file: nothing can be made there
+    (`notes.txt/run` cannot become a folder). None when every existing one is a folder."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
 def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
@@ -315,7 +332,7 @@ def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
     checkpoint. `flag` names the setting in the message ("--out", "out_dir").
     """
     folder = Path(folder)
-    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    blocker = file_in_the_way(folder)
     if blocker == folder:
         raise ValueError(f"{flag} {folder} is a file, not a folder; pass a folder path")
     if blocker is not None:
@@ -332,6 +349,62 @@ def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
             f"{flag} {folder} cannot be written ({error.strerror}); pass a folder you can write to"
         ) from None
     return folder
+
+
+def check_output_file(
+    path: str | os.PathLike,
+    suffixes: tuple[str, ...],
+    overwrite: bool,
+    flag: str = "out_path",
+    overwrite_flag: str = "overwrite=True",
+) -> Path:
+    """Before any work: `path` ends in one of `suffixes`, is not a folder, lies in a folder that
+    can be written, and an existing file there is replaced only with `overwrite`.
+
+    `flag` and `overwrite_flag` name the settings in the messages ("--out", "--overwrite").
+    """
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} must end in {' or '.join(suffixes)}, got {path}")
+    if path.is_dir():
+        example = path / f"out{suffixes[0]}"
+        raise ValueError(f"{flag} {path} is a folder; pass a file path such as {example}")
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise ValueError(
+            f"{flag} {path} lies below {blocker}, which is a file, not a folder; "
+            "pass a path inside a folder"
+        )
+    check_output_folder(path.parent, f"the folder of {flag}")
+    if path.exists() and not overwrite:
+        raise ValueError(
+            f"{flag} {path} exists; pass another {flag}, or {overwrite_flag} to replace it"
+        )
+    return path
+
+
+def folders_to_make(folder: str | os.PathLike) -> list[Path]:
+    """The folders that creating `folder` would make: it and its missing parents, deepest first."""
+    folder = Path(folder)
+    return [path for path in (folder, *folder.parents) if not path.exists()]
+
+
+def remove_unused_run_folder(made: list[Path]) -> None:
+    """Remove the folders a run made (`folders_to_make`'s list) if it saved nothing in them.
+
+    The run folder may hold only the run's lock file; rmdir then removes each folder only if it
+    is empty, so nothing anyone else saved there can go. Call it while holding the lock.
+    """
+    if not made or not made[0].is_dir():
+        return
+    if any(path.name != LOCK_NAME for path in made[0].iterdir()):
+        return  # the run saved something after all, or someone else did
+    (made[0] / LOCK_NAME).unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something else lives there now
+            return
 
 
 class RunLock:

@@ -1,7 +1,8 @@
-"""The `sagan-edu` command: train a SAGAN, sample from a checkpoint.
+"""The `sagan-edu` command: train a SAGAN, sample from a checkpoint or exported weights.
 
     sagan-edu train --dataset mnist5k --steps 2000 --out runs/mnist [--resume] [--attention-at 16]
     sagan-edu sample --checkpoint runs/mnist/checkpoint.pt --n 64 --out grid.png [--overwrite]
+    sagan-edu sample --checkpoint mnist.safetensors --out grid.png     # exported weights too
     sagan-edu export --checkpoint runs/mnist/checkpoint.pt --out mnist.safetensors [--float16]
     sagan-edu train-classifier      # the feature network of sagan_edu.metrics
     torchrun --standalone --nproc_per_node=4 -m sagan_edu.cli train ...   # 4 GPUs (DDP)
@@ -35,14 +36,17 @@ import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import save_image
 
+from sagan_edu import pretrained
 from sagan_edu.checkpoints import (
     CHECKPOINT_NAME,
+    CheckpointError,
     RunFolderBusy,
-    check_output_folder,
+    check_output_file,
+    is_safetensors_file,
     load_checkpoint,
 )
 from sagan_edu.metrics import CLASSIFIER_PATH, train_classifier
-from sagan_edu.pretrained import export_pretrained
+from sagan_edu.models import Generator
 from sagan_edu.training import (
     TrainConfig,
     Trainer,
@@ -174,8 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
             train.add_argument(flag, type=kind, help=f"default: {default}")
     train.set_defaults(run=run_train)
 
-    sample = commands.add_parser("sample", help="sample an image grid from a checkpoint")
-    sample.add_argument("--checkpoint", required=True, type=_user_path)
+    sample = commands.add_parser(
+        "sample", help="sample an image grid from a checkpoint or exported weights"
+    )
+    sample.add_argument(
+        "--checkpoint", required=True, type=_user_path,
+        help="a run's checkpoint.pt, or a .safetensors file written by `export`",
+    )  # fmt: skip
     sample.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     sample.add_argument("--out", type=_user_path, default=Path("samples.png"))
     sample.add_argument("--seed", type=int, default=0)
@@ -285,7 +294,7 @@ def _settings_to_resume(config: TrainConfig) -> dict:
 def run_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    generator = load_generator(args.checkpoint, ema=args.ema)
+    generator = _generator_from_file(args.checkpoint, args.ema)
     _check_output_file(args.out, IMAGE_SUFFIXES, args.overwrite)
     images = sample_images(generator, args.n, seed=args.seed)
     save_image(images, args.out, nrow=8, normalize=True, value_range=(-1, 1))
@@ -293,10 +302,27 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generator_from_file(path: Path, ema: bool) -> Generator:
+    """The generator in a training checkpoint, or in a safetensors file `export` wrote."""
+    if is_safetensors_file(path):
+        if not ema:
+            raise ValueError(
+                f"{path} is exported weights, which hold only the EMA generator; leave out "
+                "--no-ema, or pass the run's checkpoint.pt to sample from G"
+            )
+        return pretrained.load(path)
+    try:
+        return load_generator(path, ema=ema)
+    except CheckpointError as error:  # say that the other kind of file would do too
+        raise CheckpointError(
+            f"{error}; `sample` also takes the .safetensors file that `sagan-edu export` writes"
+        ) from None
+
+
 def run_export(args: argparse.Namespace) -> int:
     _check_output_file(args.out, (".safetensors",), args.overwrite)
     dtype = torch.float16 if args.float16 else torch.float32
-    out = export_pretrained(
+    out = pretrained.export_pretrained(
         args.checkpoint, args.out, dtype, not args.generator_only, overwrite=args.overwrite
     )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
@@ -316,20 +342,8 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _check_output_file(path: Path, suffixes: tuple[str, ...], overwrite: bool) -> None:
-    """Before any work: --out must end in one of `suffixes`, its folder must be writable, and an
-    existing file is replaced only with --overwrite."""
-    if path.suffix.lower() not in suffixes:
-        raise ValueError(f"--out must end in {' or '.join(suffixes)}, got {path}")
-    if path.is_dir():
-        raise ValueError(
-            f"--out {path} is a folder; pass a file path such as {path / ('out' + suffixes[0])}"
-        )
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise ValueError(f"--out {path} lies below {blocker}, which is a file, not a folder")
-    check_output_folder(path.parent, "the folder of --out")
-    if path.exists() and not overwrite:
-        raise ValueError(f"--out {path} exists; pass another --out, or --overwrite to replace it")
+    """Before any work: a usable --out (see check_output_file), replaced only with --overwrite."""
+    check_output_file(path, suffixes, overwrite, flag="--out", overwrite_flag="--overwrite")
 
 
 def _check_no_foreign_figures(out_dir: Path, overwrite: bool) -> None:

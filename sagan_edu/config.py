@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 
+MAX_SEED = 2**63 - 1
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Saved in every checkpoint."""
@@ -143,6 +146,8 @@ def _check_config_values(config: TrainConfig) -> None:
                  "log_every", "checkpoint_every"):  # fmt: skip
         at_least(name, getattr(config, name), 1)
     at_least("seed", config.seed, 0)
+    if config.seed > MAX_SEED:  # torch seeds are 64-bit (and the run seeds seed + 1, seed + 2)
+        raise ValueError(f"seed must be at most 2**63 - 1 = {MAX_SEED}, got {config.seed}")
     if config.img_size not in IMG_SIZES:
         raise ValueError(
             f"img_size must be one of {', '.join(map(str, IMG_SIZES))}, got {config.img_size}; "

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
+from sagan_edu.checkpoints import file_in_the_way
+
 __all__ = ["DATASETS", "ImageDataset", "consistency_score", "load_dataset"]
 
 DATASETS: dict[str, str] = {
@@ -255,11 +257,18 @@ def _load_mnist5k(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
 def _data_root(root: str | os.PathLike | None) -> Path:
     """The data folder: `root`, else $SAGAN_EDU_DATA, else the user cache; never a file."""
     source = "root=, --data-root"
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root, the data folder, must be a string or a Path, got {root!r}")
+    if root is not None and not os.fspath(root):  # Path("") would quietly mean this folder
+        raise ValueError(
+            "the data folder (root=, --data-root) is an empty string; pass the folder that holds "
+            f"the datasets, or leave it out to use ${DATA_ENV_VAR} or the default"
+        )
     if root is None:
         source = f"${DATA_ENV_VAR}" if os.environ.get(DATA_ENV_VAR) else "the default"
         root = os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_ROOT
     path = Path(root).expanduser()
-    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    blocker = file_in_the_way(path)
     if blocker is not None:
         raise ValueError(
             f"the data folder {path} (from {source}) cannot be used: {blocker} is a file, not a "
@@ -288,32 +297,45 @@ def _load_torchvision(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole torchvision split as uint8 (N, C, H, W) pixels and int64 (N,) labels."""
     folder, files = _expected_files(name, root)
-    if download:
-        try:
-            dataset = _TORCHVISION[name](root, train=train, download=True)
-        except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision wraps some
-            raise RuntimeError(
-                f"downloading {name} into {folder} failed: {err}\n"
-                f"Check the internet connection and try again, or copy the files into that "
-                f"folder, or work offline with load_dataset('mnist5k')."
-            ) from err
-    else:
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{name} is not in {folder} (missing: {', '.join(missing)}). To fix it: when "
-                f"online, download it (load_dataset(..., download=True), TrainConfig(download="
-                f"True), or `sagan-edu train --download`); or set {DATA_ENV_VAR} (or pass "
-                f"root=) to a data folder that has these files under {folder.relative_to(root)}/; "
-                f"or use load_dataset('mnist5k'), which works offline."
-            )
+    missing = [f.name for f in files if not f.is_file()]
+    if missing and download:
+        _download(name, root, train, folder)
+    elif missing:
+        raise FileNotFoundError(
+            f"{name} is not in {folder} (missing: {', '.join(missing)}). To fix it: when "
+            f"online, download it (load_dataset(..., download=True), TrainConfig(download="
+            f"True), or `sagan-edu train --download`); or set {DATA_ENV_VAR} (or pass "
+            f"root=) to a data folder that has these files under {folder.relative_to(root)}/; "
+            f"or use load_dataset('mnist5k'), which works offline."
+        )
+    try:
         dataset = _TORCHVISION[name](root, train=train, download=False)
+    except OSError:
+        raise  # unreadable (permissions, a folder in its place): the message says which file
+    except Exception as err:  # torchvision raises several types for files with the wrong bytes
+        raise ValueError(
+            f"the {name} files in {folder} could not be read ({type(err).__name__}: {err}); "
+            "they are probably damaged or cut short. Delete them and download them again "
+            "(--download, download=True), or copy them again"
+        ) from None
 
     if name == "cifar10":
         pixels = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
     else:
         pixels = dataset.data.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
     return pixels, torch.as_tensor(dataset.targets, dtype=torch.long)
+
+
+def _download(name: str, root: Path, train: bool, folder: Path) -> None:
+    """Download a torchvision dataset into `root`; ConnectionError saying what to do if not."""
+    try:
+        _TORCHVISION[name](root, train=train, download=True)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision wraps some
+        raise ConnectionError(
+            f"downloading {name} into {folder} failed: {err}\n"
+            f"Check the internet connection and try again, or copy the files into that "
+            f"folder, or work offline with load_dataset('mnist5k')."
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------

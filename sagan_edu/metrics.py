@@ -34,7 +34,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from sagan_edu.checkpoints import atomic_write, check_output_folder, refuse_to_replace
+from sagan_edu.checkpoints import atomic_write, check_output_file
 from sagan_edu.data import consistency_score, load_dataset
 from sagan_edu.pretrained import verify_checksum
 from sagan_edu.training import pick_device
@@ -117,10 +117,7 @@ def train_classifier(
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ValueError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
     out_path = Path(out_path)
-    if out_path.suffix != ".safetensors":
-        raise ValueError(f"out_path must end in .safetensors, got {out_path}")
-    check_output_folder(out_path.parent, "the folder of out_path")  # before minutes of training
-    refuse_to_replace(out_path, overwrite)
+    check_output_file(out_path, (".safetensors",), overwrite)  # before minutes of training
     torch.manual_seed(seed)
     train_set = load_dataset("mnist5k", train=True, img_size=32)
     held_out = load_dataset("mnist5k", train=False, img_size=32)

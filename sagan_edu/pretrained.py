@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from sagan_edu.checkpoints import atomic_write, check_output_folder, refuse_to_replace
+from sagan_edu.checkpoints import atomic_write, check_output_file, is_safetensors_file
 from sagan_edu.models import Discriminator, Generator
 from sagan_edu.training import load_checkpoint, pick_device
 
@@ -117,10 +117,7 @@ def export_pretrained(
     if keep_discriminator:
         metadata["D_config"] = json.dumps(state["D_config"])
     out_path = Path(out_path)
-    if out_path.suffix != ".safetensors":
-        raise ValueError(f"out_path must end in .safetensors, got {out_path}")
-    check_output_folder(out_path.parent, "the folder of out_path")
-    refuse_to_replace(out_path, overwrite)
+    check_output_file(out_path, (".safetensors",), overwrite)
     atomic_write(safetensors_bytes(tensors, metadata=metadata), out_path, what="weight file")
     return out_path
 
@@ -133,7 +130,7 @@ def _path(name: str | os.PathLike) -> Path:
         raise ValueError(f"name is empty; pass a shipped name: {', '.join(available())}")
     if Path(name).is_dir():
         raise ValueError(f"{name} is a folder; pass a .safetensors file or a shipped name")
-    if str(name).endswith(".safetensors"):
+    if is_safetensors_file(name):
         path = Path(name)
     elif Path(name).suffix == ".pt" or Path(name).is_file():
         raise ValueError(

@@ -45,7 +45,11 @@ crash, kill or full disk mid-write leaves the previous checkpoint intact) and re
 
 A second run into the same folder: a folder that already holds a checkpoint is continued only
 with resume=True, replaced only with overwrite=True, and otherwise refused; while a run trains it
-holds a lock on its folder, so two runs never write into one folder at once.
+holds a lock on its folder, so two runs never write into one folder at once. A run that fails
+before its first checkpoint removes the folders it made (if they hold nothing else).
+
+Ctrl-C inside `fit()` lets the step under way finish (`interrupts_deferred`), so calling `fit()`
+again continues exactly as if the run had never stopped.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ import inspect
 import math
 import numbers
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
@@ -75,9 +81,11 @@ from sagan_edu.checkpoints import (
     check_known_settings,
     check_output_folder,
     check_resumable,
+    folders_to_make,
     load_checkpoint,
     load_weights,
     remove_stale_temp_files,
+    remove_unused_run_folder,
 )
 from sagan_edu.config import (
     RESUMABLE_OVERRIDES,
@@ -100,6 +108,7 @@ __all__ = [
     "atomic_save",
     "available_devices",
     "init_distributed",
+    "interrupts_deferred",
     "load_checkpoint",
     "load_generator",
     "pick_device",
@@ -142,12 +151,6 @@ class Trainer:
         self.rank, self.world_size, self.device = init_distributed(config.device)
         self.is_main = self.rank == 0  # only rank 0 writes checkpoints, logs and figures
         self._lock: RunLock | None = None  # held while fit() runs (see _locked)
-        if self.is_main:
-            # Fail now, not at the first checkpoint minutes later: the folder must be writable,
-            # and no other run may be training into it.
-            check_output_folder(config.out_dir, "out_dir (--out)")
-            with RunLock(config.out_dir):
-                pass
         torch.manual_seed(config.seed)  # model initialisation: the same on every rank
 
         self.dataset = load_dataset(
@@ -227,6 +230,16 @@ class Trainer:
         # fast_step: the iteration captured once as a CUDA graph, or None (eager) where it cannot
         # run; captured_step() then says why in one line.
         self.captured_step = captured_step(self) if config.fast_step else None
+
+        # Last, once every other setting is known to work, so that a run refused above leaves
+        # no empty folder behind; and still before training, not at the first checkpoint
+        # minutes later: the folder must be writable, and no other run may be training into it.
+        self._made_folders: list[Path] = []  # removed again if fit() fails before saving
+        if self.is_main:
+            self._made_folders = folders_to_make(config.out_dir)
+            check_output_folder(config.out_dir, "out_dir (--out)")
+            with RunLock(config.out_dir):
+                pass
 
     # -- one iteration --------------------------------------------------------------------------
 
@@ -350,7 +363,12 @@ class Trainer:
         with self._locked():
             if self.is_main:  # the lock is ours: a temporary file here is a killed run's leftover
                 remove_stale_temp_files(self.checkpoint_path)
-            return self._fit()
+            try:
+                return self._fit()
+            except BaseException:
+                if self.is_main:  # a run that failed before saving anything leaves no trace
+                    remove_unused_run_folder(self._made_folders)
+                raise
 
     def _fit(self) -> dict[str, list[float]]:
         config = self.config
@@ -358,21 +376,29 @@ class Trainer:
             total=config.steps, initial=self.step_count, desc="training", unit="step",
             disable=not (config.progress and self.is_main), dynamic_ncols=True,
         )  # fmt: skip
-        while self.step_count < config.steps:
-            self.step()
-            bar.update(1)
-            at_end = self.step_count == config.steps
-            if self.step_count % config.log_every == 0 or at_end:
-                last = self._log()
-                bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
-                if self.callback is not None and self.is_main:
-                    self.callback(self)
-            if self.step_count % config.checkpoint_every == 0 or at_end:
-                self._check_finite(parameters=True)  # never overwrite a good checkpoint with NaNs
-                if self.is_main:
-                    self.save_checkpoint()
-        bar.close()
+        try:
+            while self.step_count < config.steps:
+                with interrupts_deferred():  # a Ctrl-C waits for the end of the iteration
+                    self._fit_iteration(bar)
+        finally:
+            bar.close()
         return self.history
+
+    def _fit_iteration(self, bar: tqdm) -> None:
+        """One step, then the log, callback and checkpoint due after it."""
+        config = self.config
+        self.step()
+        bar.update(1)
+        at_end = self.step_count == config.steps
+        if self.step_count % config.log_every == 0 or at_end:
+            last = self._log()
+            bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
+            if self.callback is not None and self.is_main:
+                self.callback(self)
+        if self.step_count % config.checkpoint_every == 0 or at_end:
+            self._check_finite(parameters=True)  # never overwrite a good checkpoint with NaNs
+            if self.is_main:
+                self.save_checkpoint()
 
     def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
         # Summed as tensors: no GPU-to-CPU sync on every step.
@@ -409,15 +435,17 @@ class Trainer:
                 values[f"a parameter of {tag}"] = 0.0 if finite else math.nan
         for name, total in values.items():
             if not math.isfinite(total):
-                where = (
-                    f"The last good checkpoint is {self.checkpoint_path}"
+                what_now = (
+                    f"The last good checkpoint is {self.checkpoint_path}. Resume from it with "
+                    "lower learning rates (lr_d, lr_g may change on resume), or start a new run "
+                    "with amp=False or another seed."
                     if self.checkpoint_path.exists()
-                    else "No checkpoint was written before this happened"
+                    else "No checkpoint was written before this happened. Start again with lower "
+                    "learning rates (lr_d, lr_g), amp=False or another seed."
                 )
                 raise TrainingDiverged(
                     f"Training diverged: {name} became {total} by step {self.step_count}. "
-                    f"{where}. Resume from it with lower learning rates (lr_d, lr_g may change on "
-                    "resume), or start a new run with amp=False or another seed."
+                    + what_now
                 )
 
     # -- sampling -------------------------------------------------------------------------------
@@ -497,6 +525,43 @@ class Trainer:
         finally:
             self._lock.release()
             self._lock = None
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold back Ctrl-C (SIGINT) until the block ends, then deliver it.
+
+    Why: a step changes D, then G, the optimizers, the EMA and the random generators one after
+    the other. A Ctrl-C landing between the D and the G update would leave a half-done step
+    that `fit()` cannot undo: calling it again would do that D update twice, and the run would
+    no longer match an uninterrupted one. Waiting a moment for the iteration (the step, and the
+    log, callback and checkpoint due after it) to finish is simpler than saving everything
+    before each step to roll it back, and costs nothing.
+
+    A second Ctrl-C stops at once (for a step that hangs); the step is then left half done.
+    Only the main thread receives signals, so elsewhere the block runs as it is; so it does where
+    Ctrl-C is ignored or handled outside Python.
+    """
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if on_main_thread else None
+    if previous in (None, signal.SIG_IGN):
+        yield
+        return
+    caught = []
+
+    def hold(signum: int, frame: object) -> None:
+        if caught:  # pressed twice: give up waiting
+            signal.signal(signal.SIGINT, previous)
+            signal.raise_signal(signal.SIGINT)
+        caught.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        signal.raise_signal(signal.SIGINT)  # now handled as usual: KeyboardInterrupt, mostly
 
 
 def _check_callback(callback: object) -> None:
@@ -594,6 +659,8 @@ def sample_images(
         raise ValueError(f"n, the number of images, must be a whole number ≥ 0, got {n!r}")
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise ValueError(f"seed must be a whole number, got {seed!r}")
+    if not -(2**63) <= seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise ValueError(f"seed must fit in 64 bits (-2**63 to 2**64 - 1), got {seed}")
     if labels is not None and not isinstance(labels, torch.Tensor):
         raise ValueError(
             f"labels must be a (n,) tensor of class indices, got {type(labels).__name__}; "
@@ -691,6 +758,11 @@ def _checkpoint_to_resume(config: TrainConfig, path: Path) -> dict | None:
     A folder that holds a checkpoint is continued (resume), replaced (overwrite) or refused:
     training into it from step 0 would silently replace the work saved there.
     """
+    if path.exists() and not path.is_file():  # else found only at the first save
+        raise ValueError(
+            f"{path} is a folder, where the run saves its checkpoint; rename or move it, or "
+            "pass another --out (out_dir)"
+        )
     if path.is_file():
         if config.resume:
             checkpoint = load_checkpoint(path)

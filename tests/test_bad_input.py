@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -74,6 +75,10 @@ def cli_error(capsys, argv: list[str]) -> str:
         ({"device": "tpu"}, r"unknown device 'tpu'; use 'auto', 'cpu', .*devices here: auto, cpu"),
         ({"device": "gpu"}, "unknown device 'gpu'"),
         ({"out_dir": ""}, "out_dir must name a folder"),
+        (
+            {"seed": 2**63},
+            r"seed must be at most 2\*\*63 - 1 = 9223372036854775807, got 9223372036854775808",
+        ),
         ({"out_dir": 5}, "out_dir must be a string"),
         ({"resume": True, "overwrite": True}, "resume and overwrite contradict"),
         ({"img_size": 48}, "img_size must be one of 32, 64, 128, got 48"),
@@ -456,6 +461,21 @@ def test_missing_torchvision_dataset_tells_cli_users_about_download(tmp_path, ca
     assert "sagan-edu train --download" in err and "mnist5k" in err
 
 
+def test_failed_download_from_the_cli_is_one_line(tmp_path, capsys, monkeypatch):
+    """It was a RuntimeError, which the CLI shows as a traceback (it means a bug there)."""
+    import torchvision.datasets.mnist
+
+    def no_network(url, *args, **kwargs):
+        raise URLError("no route to host (test)")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", no_network)
+    data, out = str(tmp_path / "data"), str(tmp_path / "run")
+    argv = ["train", "--dataset", "mnist", "--download", "--data-root", data, "--out", out, *TINY]
+    err = cli_error(capsys, argv)
+    assert "downloading mnist into" in err and "no route to host (test)" in err
+    assert "Check the internet connection" in err and not (tmp_path / "run").exists()
+
+
 def test_download_setting_reaches_the_dataset_loader(tmp_path, monkeypatch):
     seen = {}
     real_load = training.load_dataset
@@ -517,6 +537,56 @@ def test_batch_larger_than_the_dataset_is_refused(tmp_path):
     assert len(Trainer(tiny_config(tmp_path, batch_size=4000)).dataset) == 4000
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dataset", "mnist", "--data-root", "TMP/no-data"], "mnist is not in"),
+        (["--batch-size", "4001"], "batch_size=4001 is more than the 4000 images"),
+        (["--dataset", "twin-shapes", "--conditional"], "needs class labels"),
+        (["--lr-d", "1e30", "--lr-g", "1e30"], "diverged: loss_d became nan by step 2"),
+    ],
+)
+def test_a_failed_run_removes_the_folders_it_made(tmp_path, capsys, flags, message):
+    """These runs used to leave new/run/ behind, empty but for the lock file (the last one fails
+    on its second step, before its first checkpoint)."""
+    out = tmp_path / "new" / "run"
+    flags = [flag.replace("TMP", str(tmp_path)) for flag in flags]
+    err = cli_error(capsys, ["train", "--steps", "2", "--out", str(out), *TINY, *flags])
+    assert message in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_run_keeps_folders_it_did_not_make_and_everything_in_them(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    cli_error(capsys, ["train", "--out", str(mine), "--batch-size", "4001"])
+    huge_lr = ["--lr-d", "1e30", "--lr-g", "1e30", "--steps", "2", *TINY]
+    cli_error(capsys, ["train", "--out", str(mine / "run"), *huge_lr])
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]  # mine/run/ was this run's
+    assert (mine / "notes.txt").read_text() == "my notes"
+
+
+def test_ctrl_c_before_the_first_checkpoint_removes_the_new_folder_and_fit_can_go_on(
+    tmp_path, monkeypatch
+):
+    trainer = Trainer(tiny_config(tmp_path / "new", steps=2, checkpoint_every=2))
+    real_step = Trainer.step
+
+    def ctrl_c_at_step_1(self):
+        if self.step_count == 1:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "step", ctrl_c_at_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert not (tmp_path / "new").exists()  # nothing was saved, so nothing is left
+    monkeypatch.setattr(Trainer, "step", real_step)
+    trainer.fit()  # the folder comes back with the checkpoint
+    assert load_checkpoint(tmp_path / "new" / "run" / "checkpoint.pt")["step"] == 2
+
+
 @pytest.fixture(scope="module")
 def saved_state(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("trained")
@@ -562,6 +632,15 @@ def test_save_checkpoint_into_a_folder_path(tmp_path):
     trainer = Trainer(tiny_config(tmp_path))
     with pytest.raises(ValueError, match=r"is a folder; pass a file path such as .*checkpoint.pt"):
         trainer.save_checkpoint(tmp_path)
+
+
+def test_a_folder_named_checkpoint_pt_is_refused_before_training(tmp_path, capsys):
+    """It was found only at the first save, after the training, with a message about
+    save_checkpoint's argument."""
+    (tmp_path / "run" / "checkpoint.pt" / "mine").mkdir(parents=True)
+    err = cli_error(capsys, ["train", "--steps", "1", "--out", str(tmp_path / "run"), *TINY])
+    assert "checkpoint.pt is a folder, where the run saves its checkpoint; rename or move it" in err
+    assert (tmp_path / "run" / "checkpoint.pt" / "mine").is_dir()
 
 
 def test_cli_train_into_a_folder_with_someone_elses_figures(tmp_path, capsys):
@@ -744,6 +823,10 @@ def more_api_calls() -> dict:
         "sample_images(labels=list)": (
             lambda: sample_images(Gc, 2, labels=[1, 2]),
             r"labels must be a \(n,\) tensor .*got list.*torch.tensor",
+        ),
+        "sample_images(seed=2**70)": (  # was torch's "Overflow when unpacking long long"
+            lambda: sample_images(Gc, 2, seed=2**70),
+            r"seed must fit in 64 bits \(-2\*\*63 to 2\*\*64 - 1\), got 1180591620717411303424",
         ),
         "update_ema(different widths)": (
             lambda: update_ema(Gc, Generator(z_dim=16, base_channels=16, num_classes=10), 0.9),

@@ -23,11 +23,15 @@ import torch
 
 from sagan_edu import checkpoints, training
 from sagan_edu.checkpoints import (
+    LOCK_NAME,
     CheckpointError,
     RunFolderBusy,
     RunLock,
     atomic_save,
+    check_output_file,
+    folders_to_make,
     load_checkpoint,
+    remove_unused_run_folder,
 )
 from sagan_edu.cli import main
 from sagan_edu.training import TrainConfig, Trainer, load_generator
@@ -292,9 +296,11 @@ def test_a_wrong_checkpoint_from_the_cli_is_one_line_and_exit_status_2(
     tmp_path, trained, capsys, case
 ):
     path, _ = wrong_files(tmp_path, trained)[case]
-    assert main(["sample", "--checkpoint", str(path), "--out", str(tmp_path / "s.png")]) == 2
+    # `sample` also takes exported (safetensors) weights; `export` needs a checkpoint.
+    command, out = ("export", "x.safetensors") if case == "safetensors" else ("sample", "s.png")
+    assert main([command, "--checkpoint", str(path), "--out", str(tmp_path / out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("sagan-edu sample: error: ")
+    assert err.count("\n") == 1 and err.startswith(f"sagan-edu {command}: error: ")
     assert "Traceback" not in err and "weights_only" not in err
 
 
@@ -419,3 +425,43 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_no_partial_file(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no space left" in err
     assert list(tmp_path.iterdir()) == []  # neither half a weight file nor a temporary file
+
+
+def test_remove_unused_run_folder_removes_only_empty_folders_the_run_made(tmp_path):
+    run = tmp_path / "a" / "b" / "run"
+    made = folders_to_make(run)
+    assert made == [run, tmp_path / "a" / "b", tmp_path / "a"]
+    run.mkdir(parents=True)
+    (run / LOCK_NAME).write_text("process 1")
+    (tmp_path / "a" / "someone-elses.txt").write_text("keep")
+    remove_unused_run_folder(made)
+    assert not (tmp_path / "a" / "b").exists()  # the run's lock file and two empty folders
+    assert (tmp_path / "a" / "someone-elses.txt").read_text() == "keep"
+
+    run.mkdir(parents=True)
+    (run / LOCK_NAME).write_text("process 1")
+    (run / "history.json").write_text("{}")  # the run saved something: all of it stays
+    remove_unused_run_folder(made)
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "history.json"]
+    remove_unused_run_folder([])  # a run that made no folder removes nothing
+
+
+def test_check_output_file_says_what_is_wrong_with_a_path(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    (tmp_path / "a.safetensors").mkdir()
+    cases = {
+        tmp_path / "g.pt": r"out_path must end in \.safetensors, got .*g\.pt",
+        tmp_path / "a.safetensors": r"out_path .*a\.safetensors is a folder; pass a file path such "
+        r"as .*a\.safetensors/out\.safetensors",
+        notes / "g.safetensors": r"lies below .*notes\.txt, which is a file, not a folder",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            check_output_file(path, (".safetensors",), overwrite=False)
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(b"my weights")
+    with pytest.raises(ValueError, match=r"--out .*mine\.safetensors exists; .* or --overwrite"):
+        check_output_file(mine, (".safetensors",), False, "--out", "--overwrite")
+    assert check_output_file(mine, (".safetensors",), overwrite=True) == mine
+    assert mine.read_bytes() == b"my weights" and notes.read_text() == "my notes"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from sagan_edu import cli
 from sagan_edu.cli import main
+from sagan_edu.metrics import CLASSIFIER_PATH
 from sagan_edu.training import Trainer
 
 TINY = ["--z-dim", "16", "--g-channels", "8", "--d-channels", "8", "--batch-size", "8",
@@ -76,6 +78,40 @@ def test_sample_writes_a_grid(tmp_path):
     assert Image.open(grid).size == (8 * 34 + 2, 2 * 34 + 2)  # 16 images: 2 rows of 8
 
 
+def test_sample_from_exported_weights_gives_the_checkpoints_grid(tmp_path, capsys):
+    """`sample` used to refuse the .safetensors files `export` writes."""
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "1", "--out", str(run), *TINY]) == 0
+    checkpoint, exported = run / "checkpoint.pt", tmp_path / "g.safetensors"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(exported)]) == 0
+    renamed = tmp_path / "weights.bin"  # recognised by its bytes, whatever its name
+    renamed.write_bytes(exported.read_bytes())
+
+    grids = {}
+    for source in (checkpoint, exported, renamed):
+        grid = tmp_path / f"{source.name}.png"
+        argv = ["sample", "--checkpoint", str(source), "--n", "8", "--seed", "5"]
+        assert main([*argv, "--out", str(grid)]) == 0
+        grids[source.name] = np.asarray(Image.open(grid))
+    # float32 export: the same EMA weights, so the same pixels.
+    assert np.array_equal(grids["checkpoint.pt"], grids["g.safetensors"])
+    assert np.array_equal(grids["checkpoint.pt"], grids["weights.bin"])
+
+    capsys.readouterr()
+    argv = ["sample", "--checkpoint", str(exported), "--no-ema", "--out", str(tmp_path / "x.png")]
+    assert main(argv) == 2
+    assert "hold only the EMA generator; leave out --no-ema" in capsys.readouterr().err
+
+    image = tmp_path / "checkpoint.pt.png"
+    argv = ["sample", "--checkpoint", str(image), "--out", str(tmp_path / "y.png")]
+    assert main(argv) == 2  # an image is neither kind of file
+    err = capsys.readouterr().err
+    assert "is not a PyTorch checkpoint" in err and "also takes the .safetensors file" in err
+    argv = ["sample", "--checkpoint", str(CLASSIFIER_PATH), "--out", str(tmp_path / "z.png")]
+    assert main(argv) == 2  # safetensors, but not a GAN's
+    assert "holds no GAN generator" in capsys.readouterr().err
+
+
 def test_export_float16_generator_only(tmp_path):
     from safetensors import safe_open
 
@@ -97,6 +133,7 @@ def test_export_float16_generator_only(tmp_path):
         (["train", "--attention-at", "5"], "5"),
         (["train", "--img-size", "48"], "48"),
         (["train", "--dataset", "imagenet"], "imagenet"),
+        (["train", "--seed", str(2**70)], "seed must be at most 2**63 - 1"),  # was torch's overflow
         (["sample", "--checkpoint", "nowhere/checkpoint.pt"], "no checkpoint at"),
     ],
 )

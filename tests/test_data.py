@@ -214,13 +214,26 @@ def test_failed_download_says_why_and_how_to_work_offline(tmp_path, monkeypatch,
         raise URLError("no route to host (test)")
 
     monkeypatch.setattr(module, "download_and_extract_archive", no_network)
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(ConnectionError) as info:  # an OSError: the CLI shows it as one line
         load_dataset(name, root=tmp_path, download=True)
     message = str(info.value)
     assert calls, "the (patched) torchvision download was never tried"
     assert f"downloading {name}" in message and "failed" in message
     assert "no route to host (test)" in message
     assert "mnist5k" in message
+
+
+def test_damaged_dataset_files_are_named_with_what_to_do(tmp_path):
+    """Cut-short IDX files used to end in torch's "shape '[0, 0, 0]' is invalid" traceback."""
+    write_tiny_mnist(tmp_path)
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:100])  # a download cut short
+    with pytest.raises(
+        ValueError, match=r"the mnist files in .*MNIST/raw could not be read .*damaged or cut "
+        r"short. Delete them and download them again"
+    ):  # fmt: skip
+        load_dataset("mnist", root=tmp_path)
+    assert len(load_dataset("mnist", root=tmp_path, train=False)) == 2  # the intact split loads
 
 
 def test_download_is_skipped_when_the_files_are_there(tmp_path, monkeypatch):
@@ -486,3 +499,25 @@ def test_a_data_root_that_is_a_file_is_named(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"from \$SAGAN_EDU_DATA\) .*notes.txt is a file, not a"):
         load_dataset("fashion-mnist")
     assert a_file.read_text() == "not data"
+
+
+def test_a_data_root_that_is_or_lies_below_a_file_is_refused(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    for root in (notes, notes / "data"):
+        with pytest.raises(
+            ValueError, match=r"data folder .* cannot be used: .*notes.txt is a file, not a folder"
+        ):
+            load_dataset("mnist", root=root)
+    assert notes.read_text() == "my notes"
+
+
+def test_an_empty_or_non_path_data_root_is_refused(tmp_path, monkeypatch):
+    """root="" (--data-root "") used to mean the current folder, and the error then named
+    MNIST/raw relative to wherever the user stood."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"data folder \(root=, --data-root\) is an empty string"):
+        load_dataset("mnist", root="")
+    with pytest.raises(ValueError, match=r"root, the data folder, must be a string or a Path"):
+        load_dataset("mnist", root=5)
+    assert list(tmp_path.iterdir()) == []

@@ -48,7 +48,7 @@ def test_python_api_writers_keep_an_existing_file_unless_told_to_replace_it(tmp_
     mine = tmp_path / "mine.safetensors"
     mine.write_bytes(b"my own weights")
     with pytest.raises(
-        ValueError, match=r"mine.safetensors exists; pass another path, or overwrite"
+        ValueError, match=r"mine.safetensors exists; pass another out_path, or overwrite=True"
     ):
         export_pretrained(trainer.checkpoint_path, mine)
     with pytest.raises(ValueError, match=r"mine.safetensors exists; .*overwrite=True"):

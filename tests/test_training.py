@@ -263,6 +263,49 @@ def test_exact_resume_in_a_new_process(tmp_path, one_thread):
         assert straight.history[name][-1] == pytest.approx(resumed.history[name][-1], rel=1e-6)
 
 
+def test_ctrl_c_mid_step_finishes_the_step_and_fit_again_matches_an_uninterrupted_run(
+    tmp_path, one_thread, monkeypatch
+):
+    """Ctrl-C between the D and the G update used to stop the step halfway: D had been updated
+    but the step not counted, so fit() again updated D twice and the run drifted away."""
+    straight = training.train(tiny_config(tmp_path / "a", steps=4))
+
+    trainer = Trainer(tiny_config(tmp_path / "b", steps=4))
+    real_generator_step = Trainer._generator_step
+
+    def ctrl_c_before_the_second_g_update(self, labels, z):
+        if self.step_count == 1:  # the second step: its D update is done
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does to this process
+        return real_generator_step(self, labels, z)
+
+    monkeypatch.setattr(Trainer, "_generator_step", ctrl_c_before_the_second_g_update)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    # The step finished, and so did the log and checkpoint due after it.
+    assert trainer.step_count == 2 and trainer.history["step"] == [2.0]
+    assert load_checkpoint(trainer.checkpoint_path)["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
+
+    monkeypatch.setattr(Trainer, "_generator_step", real_generator_step)
+    trainer.fit()
+    a, b = all_state(straight), all_state(trainer)
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after the interrupted fit()"
+    assert trainer.history == straight.history
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    """The first Ctrl-C waits for the end of the block; the second one (a hung step) does not."""
+    reached = []
+    with pytest.raises(KeyboardInterrupt), training.interrupts_deferred():
+        signal.raise_signal(signal.SIGINT)
+        reached.append("after the first")
+        signal.raise_signal(signal.SIGINT)
+        reached.append("after the second")
+    assert reached == ["after the first"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_resume_without_checkpoint_starts_fresh_and_warns_on_changed_settings(tmp_path):
     config = tiny_config(tmp_path, resume=True, steps=2)
     with pytest.warns(UserWarning, match="no checkpoint in .*starting a new run from step 0"):
