@@ -607,9 +607,18 @@ def replace_run(results: dict, record: dict, key: Callable[[dict], tuple]) -> No
 
 
 def short(metrics: dict[str, float]) -> str:
-    """'KID (MNIST classifier features) std' -> 'KID std': names short enough for one line."""
-    names = {k: k.split(" (")[0] + (" std" if k.endswith(" std") else "") for k in metrics}
-    return ", ".join(f"{names[k]}={v:.3g}" for k, v in metrics.items())
+    """Metric names short enough for one line: 'KID (MNIST classifier features) std' -> 'KID std',
+    "shape agreement (...): Cohen's kappa against its own chance level" -> 'shape agreement
+    kappa', "shape agreement (...): this model's own chance level" -> 'shape agreement chance'."""
+
+    def name(key: str) -> str:
+        if KAPPA_NAME.format("") in key:
+            return key.split(" (")[0] + " kappa"
+        if OWN_CHANCE_NAME.format("") in key:
+            return key.split(" (")[0] + " chance"
+        return key.split(" (")[0] + (" std" if key.endswith(" std") else "")
+
+    return ", ".join(f"{name(k)}={v:.3g}" for k, v in metrics.items())
 
 
 # ---------------------------------------------------------------------------------------------

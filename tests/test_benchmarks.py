@@ -157,6 +157,25 @@ def test_sweep_writes_records_and_table(tmp_path, capsys):
     assert "## twin-shapes" in capsys.readouterr().out
 
 
+def test_done_line_names_every_metric_apart():
+    """The one-line summary of a run must not print two metrics under the same short name (the
+    own-chance and kappa entries share their agreement's name up to the colon)."""
+    script = load_script("ablation")
+    shape = "shape agreement (halves' shape classes match)"
+    metrics = {
+        "KID (MNIST classifier features) std": 1.0,
+        "consistency std over samples": 0.2,
+        shape: 0.35,
+        script.OWN_CHANCE_NAME.format(shape): 0.34,
+        script.KAPPA_NAME.format(shape): 0.02,
+    }
+    line = script.short(metrics)
+    names = [part.split("=")[0] for part in line.split(", ")]
+    assert names == ["KID std", "consistency std over samples", "shape agreement",
+                     "shape agreement chance", "shape agreement kappa"]  # fmt: skip
+    assert "shape agreement kappa=0.02" in line
+
+
 def test_skip_existing_resumes_without_retraining(tmp_path, capsys):
     script = load_script("ablation")
     argv = ["--datasets", "twin-shapes", "--attention", "none", *tiny(tmp_path)]
