@@ -55,6 +55,8 @@ Prepared for the next session that has a GPU (run on the CPU so far, or not at a
     p  cell m's setting (twin-shapes, width 16, batch 32, 10,000 steps) with 16×16 attention in D
        only: does D's attention alone give the gain at 10,000 steps too? (ran on the CPU,
        2026-11-29)
+    q  the same with 16×16 attention in G only: does G's attention add shape matching? (ran on
+       the CPU, 2026-11-29)
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ def job_list() -> list[Job]:
                       "--lr-d", lr_d, "--lr-g", lr_g, "--tuning", seeds=(4, 5))  # fmt: skip
     jobs += _runs(
         "p", "w16-10000-donly", "twin-shapes", ("16",), SMALL_10000, "--attention-in", "d"
+    )
+    jobs += _runs(
+        "q", "w16-10000-gonly", "twin-shapes", ("16",), SMALL_10000, "--attention-in", "g"
     )
     return jobs
 

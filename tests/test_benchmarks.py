@@ -356,11 +356,11 @@ def test_variants_record_the_causal_test_per_sample_scores_and_samples(tmp_path)
 def test_gpu_sweep_job_list_is_distinct_and_avoids_seed_zero(capsys):
     script = load_script("gpu_sweep")
     jobs = script.job_list()
-    assert len(jobs) == 159 and len({tuple(j.args) for j in jobs}) == 159
+    assert len(jobs) == 162 and len({tuple(j.args) for j in jobs}) == 162
     assert all(j.args[j.args.index("--seeds") + 1] != "0" for j in jobs)
     extra_seeds = [j for j in jobs if j.args[j.args.index("--seeds") + 1] in ("4", "5")]
     assert {j.cell for j in extra_seeds} == {"j", "n", "o"} and len(extra_seeds) == 6 + 22 + 20
-    priority = "abcdgefhijklmnop"  # notebook 05's √d cells (g) before the tuning grid (e)
+    priority = "abcdgefhijklmnopq"  # notebook 05's √d cells (g) before the tuning grid (e)
     assert [j.cell for j in jobs] == sorted((j.cell for j in jobs), key=priority.index)
     tuning = [j for j in jobs if j.cell == "e"]
     assert len(tuning) == 30 and all("--tuning" in j.args for j in tuning)
