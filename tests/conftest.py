@@ -49,3 +49,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def ctrl_c_at_step(monkeypatch):
+    """ctrl_c_at_step(n): from now on Trainer.step raises KeyboardInterrupt, as a Ctrl-C there
+    would, when the trainer is about to do step n + 1 (step_count == n). Returns the real
+    Trainer.step, to put back with monkeypatch.setattr(Trainer, "step", real_step)."""
+    from sagan_edu.training import Trainer
+
+    def patch(step_count: int):
+        real_step = Trainer.step
+
+        def step_or_ctrl_c(trainer):
+            if trainer.step_count == step_count:
+                raise KeyboardInterrupt
+            return real_step(trainer)
+
+        monkeypatch.setattr(Trainer, "step", step_or_ctrl_c)
+        return real_step
+
+    return patch

@@ -568,17 +568,10 @@ def test_a_failed_run_keeps_folders_it_did_not_make_and_everything_in_them(tmp_p
 
 
 def test_ctrl_c_before_the_first_checkpoint_removes_the_new_folder_and_fit_can_go_on(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, ctrl_c_at_step
 ):
     trainer = Trainer(tiny_config(tmp_path / "new", steps=2, checkpoint_every=2))
-    real_step = Trainer.step
-
-    def ctrl_c_at_step_1(self):
-        if self.step_count == 1:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "step", ctrl_c_at_step_1)
+    real_step = ctrl_c_at_step(1)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert not (tmp_path / "new").exists()  # nothing was saved, so nothing is left

@@ -634,16 +634,6 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize(
-    "check, answer, message",
-    WRONG,
-    ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(WRONG)],
-)
-def test_a_wrong_answer_fails_and_says_why(check, answer, message):
-    with pytest.raises(CheckFailed, match=message):
-        check(answer)
-
-
 # Exercises 1-10; tests/test_checks_new_exercises.py tests the checks of the other modules.
 MODULES = {
     "attention_weights_and_masks",
@@ -948,16 +938,6 @@ MORE_WRONG = [
 ]
 
 
-@pytest.mark.parametrize(
-    "check, answer, message",
-    MORE_WRONG,
-    ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(MORE_WRONG)],
-)
-def test_more_wrong_answers_fail_and_say_why(check, answer, message):
-    with pytest.raises(CheckFailed, match=message):
-        check(answer)
-
-
 # ---------------------------------------------------------------------------------------------
 # Other right answers: a check must accept every correct formulation, not only the library's
 # ---------------------------------------------------------------------------------------------
@@ -1085,14 +1065,6 @@ ALTERNATIVES = [
     ),
     (W.check_query_attention_map, query_map_truncating),
 ]
-
-
-@pytest.mark.parametrize(
-    "check, answer", ALTERNATIVES, ids=[f"{name(c)}-{i}" for i, (c, _) in enumerate(ALTERNATIVES)]
-)
-def test_other_right_answers_pass(check, answer, capsys):
-    check(answer)
-    assert f"✅ {check.__name__} passed" in capsys.readouterr().out
 
 
 def test_no_raw_exception_escapes_a_check():
@@ -1348,16 +1320,6 @@ AUDIT_WRONG = [
 ]
 
 
-@pytest.mark.parametrize(
-    "check, answer, message",
-    AUDIT_WRONG,
-    ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(AUDIT_WRONG)],
-)
-def test_audited_wrong_answers_fail_and_say_why(check, answer, message):
-    with pytest.raises(CheckFailed, match=message):
-        check(answer)
-
-
 def test_the_g_hinge_message_shows_only_the_fake_logits_it_was_given():
     with pytest.raises(CheckFailed, match="fake logits") as failed:
         checks.check_g_hinge_loss(lambda f: -1.5 * f.mean())
@@ -1535,11 +1497,29 @@ AUDIT_ALTERNATIVES = [
 ]
 
 
+# ---------------------------------------------------------------------------------------------
+# One test runs every planted mistake above, one every other right answer
+# ---------------------------------------------------------------------------------------------
+
+ALL_WRONG = WRONG + MORE_WRONG + AUDIT_WRONG
+ALL_ALTERNATIVES = ALTERNATIVES + AUDIT_ALTERNATIVES
+
+
+@pytest.mark.parametrize(
+    "check, answer, message",
+    ALL_WRONG,
+    ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(ALL_WRONG)],
+)
+def test_a_wrong_answer_fails_and_says_why(check, answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        check(answer)
+
+
 @pytest.mark.parametrize(
     "check, answer",
-    AUDIT_ALTERNATIVES,
-    ids=[f"{name(c)}-{i}" for i, (c, _) in enumerate(AUDIT_ALTERNATIVES)],
+    ALL_ALTERNATIVES,
+    ids=[f"{name(c)}-{i}" for i, (c, _) in enumerate(ALL_ALTERNATIVES)],
 )
-def test_audited_right_answers_pass(check, answer, capsys):
+def test_other_right_answers_pass(check, answer, capsys):
     check(answer)
     assert f"✅ {check.__name__} passed" in capsys.readouterr().out

@@ -267,14 +267,6 @@ ALTERNATIVES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "check, answer", ALTERNATIVES, ids=[f"{name(c)}-{i}" for i, (c, _) in enumerate(ALTERNATIVES)]
-)
-def test_other_right_answers_pass(check, answer, capsys):
-    check(answer)
-    assert f"✅ {check.__name__} passed" in capsys.readouterr().out
-
-
 # ---------------------------------------------------------------------------------------------
 # Planted mistakes
 # ---------------------------------------------------------------------------------------------
@@ -495,14 +487,6 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize(
-    "check, answer, message", WRONG, ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(WRONG)]
-)
-def test_a_wrong_answer_fails_and_says_why(check, answer, message):
-    with pytest.raises(CheckFailed, match=message):
-        check(answer)
-
-
 def test_every_check_of_these_modules_is_tested_here():
     modules = {"recurrence_and_long_range", "attention_in_chunks", "the_gan_game"}
     modules.add("ablating_attention")
@@ -711,16 +695,6 @@ AUDIT_WRONG = [
 ]
 
 
-@pytest.mark.parametrize(
-    "check, answer, message",
-    AUDIT_WRONG,
-    ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(AUDIT_WRONG)],
-)
-def test_audited_wrong_answers_fail_and_say_why(check, answer, message):
-    with pytest.raises(CheckFailed, match=message):
-        check(answer)
-
-
 def gradient_norms_by_boolean_labels(model, tokens, targets):
     x = model.embed(tokens).detach().requires_grad_()
     labelled = targets != IGNORE
@@ -761,11 +735,29 @@ AUDIT_ALTERNATIVES = [
 ]
 
 
+# ---------------------------------------------------------------------------------------------
+# One test runs every planted mistake above, one every other right answer
+# ---------------------------------------------------------------------------------------------
+
+ALL_WRONG = WRONG + AUDIT_WRONG
+ALL_ALTERNATIVES = ALTERNATIVES + AUDIT_ALTERNATIVES
+
+
+@pytest.mark.parametrize(
+    "check, answer, message",
+    ALL_WRONG,
+    ids=[f"{name(c)}-{i}" for i, (c, _, _) in enumerate(ALL_WRONG)],
+)
+def test_a_wrong_answer_fails_and_says_why(check, answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        check(answer)
+
+
 @pytest.mark.parametrize(
     "check, answer",
-    AUDIT_ALTERNATIVES,
-    ids=[f"{name(c)}-{i}" for i, (c, _) in enumerate(AUDIT_ALTERNATIVES)],
+    ALL_ALTERNATIVES,
+    ids=[f"{name(c)}-{i}" for i, (c, _) in enumerate(ALL_ALTERNATIVES)],
 )
-def test_audited_right_answers_pass(check, answer, capsys):
+def test_other_right_answers_pass(check, answer, capsys):
     check(answer)
     assert f"✅ {check.__name__} passed" in capsys.readouterr().out

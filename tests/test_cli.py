@@ -143,16 +143,11 @@ def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys, args, m
     assert "error:" in err and message in err
 
 
-def test_ctrl_c_says_which_step_is_saved_and_how_to_resume(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_says_which_step_is_saved_and_how_to_resume(
+    tmp_path, capsys, monkeypatch, ctrl_c_at_step
+):
     out = tmp_path / "run"
-    real_step = Trainer.step
-
-    def interrupted_at_step_3(trainer):
-        if trainer.step_count == 3:
-            raise KeyboardInterrupt
-        return real_step(trainer)
-
-    monkeypatch.setattr(Trainer, "step", interrupted_at_step_3)
+    real_step = ctrl_c_at_step(3)
     argv = ["train", "--steps", "5", "--checkpoint-every", "2", "--out", str(out), *TINY]
     capsys.readouterr()
     assert main(argv) == 130
@@ -165,7 +160,7 @@ def test_ctrl_c_says_which_step_is_saved_and_how_to_resume(tmp_path, capsys, mon
     assert "from step 2 to 5" in capsys.readouterr().out
 
     early = tmp_path / "early"
-    monkeypatch.setattr(Trainer, "step", interrupted_at_step_3)
+    ctrl_c_at_step(3)
     assert main(["train", "--steps", "5", "--checkpoint-every", "4", "--out", str(early), *TINY])
     assert "before the first checkpoint (every 4 steps" in capsys.readouterr().err
 
